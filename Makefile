@@ -1,0 +1,30 @@
+# One-command setup, tests, demo and benchmarks. Everything runs inside .venv.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test demo bench notebooks clean
+
+# Idempotent: re-installs only when pyproject.toml or constraints.txt changed.
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest
+
+demo: setup
+	$(PY) -m ddpm.demo --out outputs/demo_2d.png
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+notebooks: setup
+	$(PY) notebooks/execute.py --write notebooks/*.ipynb
+
+clean:
+	rm -rf $(VENV) build outputs .pytest_cache

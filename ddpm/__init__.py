@@ -1,0 +1,30 @@
+"""DDPM: schedules, the forward process, its posterior, the reverse process and the training loss.
+
+Follows Ho et al. 2020, "Denoising Diffusion Probabilistic Models"; the cosine schedule is
+Nichol & Dhariwal 2021 and the v parameterisation Salimans & Ho 2022.
+"""
+from .forward import gather, posterior_coefficients, q_posterior, q_sample, q_step
+from .parameterization import (
+    PREDICTION_TYPES,
+    eps_to_x0,
+    predict_x0_and_eps,
+    training_target,
+    v_target,
+    v_to_eps,
+    v_to_x0,
+    x0_to_eps,
+)
+from .reverse import VARIANCES, StepOutput, ddpm_sample, ddpm_step, draw_noise, initial_noise, sampling_loop
+from .schedule import (
+    SCHEDULES,
+    SPACINGS,
+    NoiseSchedule,
+    cosine_betas,
+    linear_betas,
+    make_timesteps,
+    previous_timesteps,
+    scaled_linear_betas,
+)
+from .training import diffusion_loss, train
+
+__all__ = [name for name in dir() if not name.startswith("_")]
