@@ -128,6 +128,9 @@ def make_timesteps(
     - ``trailing``: counts down from T - 1 in steps of T / n (rounded): 999, 979, ..., 19.
     - ``linspace``: n points evenly spread over [0, T - 1], rounded.
 
+    ``steps_offset`` shifts the ``leading`` spacing only, as in diffusers: the other two are
+    pinned to T - 1 and to [0, T - 1] by construction, so an SD config's offset of 1 leaves them be.
+
     These are the three ``timestep_spacing`` rules of Lin et al. 2024 (Table 2), as diffusers
     implements them.
     """
@@ -140,9 +143,9 @@ def make_timesteps(
     if spacing == "leading":
         ts = np.arange(0, n) * (T // n) + steps_offset
     elif spacing == "trailing":
-        ts = np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1 + steps_offset
+        ts = np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1
     else:
-        ts = np.linspace(0, T - 1, n).round().astype(np.int64) + steps_offset
+        ts = np.linspace(0, T - 1, n).round().astype(np.int64)
     ts = np.sort(ts)[::-1].copy()
     if ts.min() < 0 or ts.max() >= T:
         raise ValueError(
