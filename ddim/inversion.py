@@ -19,7 +19,7 @@ Prompt-to-Prompt's null-text inversion and by Plug-and-Play.
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ddpm.checks import check_choice, check_timesteps
 from ddpm.forward import gather

@@ -81,7 +81,7 @@ def ddim_step(
 @torch.no_grad()
 def ddim_sample(
     model: Model,
-    shape: tuple[int, ...],
+    shape: tuple[int, ...] | None,
     schedule: NoiseSchedule,
     num_inference_steps: int = 50,
     *,
@@ -98,6 +98,9 @@ def ddim_sample(
     return_trajectory: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """Sample with DDIM over ``num_inference_steps`` timesteps (SD v1 defaults: 50, leading, offset 1).
+
+    With the default offset of 1 the leading spacing cannot visit all 1000 steps (it would reach
+    t = 1000): pass ``steps_offset=0`` for that. ``shape`` may be None when ``x_T`` is given.
 
     ``x_T`` defaults to one ``randn`` of ``shape`` from ``generator``. With ``return_trajectory``
     also returns [x_T, ..., x_final].

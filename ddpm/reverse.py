@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .checks import check_choice, check_like, check_timesteps
 from .forward import gather, posterior_coefficients
@@ -80,16 +80,19 @@ def ddpm_step(
 
 
 def initial_noise(
-    shape: tuple[int, ...],
+    shape: tuple[int, ...] | None,
     x_T: torch.Tensor | None,
     generator: torch.Generator | None,
     dtype: torch.dtype,
     device: torch.device | str,
 ) -> torch.Tensor:
-    """The sampler's starting point: the given ``x_T`` (shape checked) or one ``randn`` of ``shape``."""
+    """The sampler's starting point: the given ``x_T`` (checked against ``shape`` if both are given)
+    or one ``randn`` of ``shape``."""
     if x_T is None:
+        if shape is None:
+            raise ValueError("give the shape of the samples, or a starting x_T")
         return draw_noise(torch.empty(shape, dtype=dtype, device=device), generator)
-    if tuple(x_T.shape) != tuple(shape):
+    if shape is not None and tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
     return x_T
 
@@ -117,7 +120,7 @@ def sampling_loop(
 @torch.no_grad()
 def ddpm_sample(
     model: Model,
-    shape: tuple[int, ...],
+    shape: tuple[int, ...] | None,
     schedule: NoiseSchedule,
     num_inference_steps: int | None = None,
     *,
@@ -135,6 +138,8 @@ def ddpm_sample(
     """The ancestral sampler (Algorithm 2): x_T ~ N(0, I), then ``ddpm_step`` down to x_0.
 
     ``num_inference_steps=None`` visits all T timesteps; fewer visit the ``spacing`` sub-sequence.
+    ``steps_offset`` defaults to 0 here (all T steps fit only without an offset); ``ddim_sample``
+    defaults to SD's offset of 1. ``shape`` may be None when ``x_T`` is given.
     ``x_T`` defaults to one ``randn`` of ``shape`` from ``generator``; the step noise then
     comes from the same generator. With ``return_trajectory`` also returns [x_T, ..., x_0].
     """

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .forward import q_sample
 from .parameterization import training_target

@@ -145,5 +145,7 @@ def test_bad_input(sd_schedule):
         ddim_step(sd_schedule, x, x, 5, 4, eta=1.0, noise=torch.zeros(2, 3))
     with pytest.raises(ValueError, match=r"t out of range: got values in \[1000, 1000\]"):
         ddim_step(sd_schedule, x, x, 1000, 4)
+    with pytest.raises(ValueError, match="give the shape of the samples, or a starting x_T"):
+        ddim_sample(fake_model, None, sd_schedule, 10, progress=False)
     with pytest.raises(ValueError, match="x0 must be a floating-point tensor"):
         ddim_invert(fake_model, torch.zeros(1, 3, dtype=torch.long), sd_schedule, 10, progress=False)
