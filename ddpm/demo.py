@@ -76,7 +76,7 @@ def run(out: Path, steps: int, seed: int, progress: bool = True) -> dict[str, fl
     ax.scatter(inverted[:, 0], inverted[:, 1], s=25, marker="x", color="C2", label="DDIM inversion $x_T$")
     ax.scatter(recon[:, 0], recon[:, 1], s=10, color="C3", label="reconstruction")
     ax.set(xlim=LIM, ylim=LIM, aspect="equal", xlabel="$x^{(1)}$", ylabel="$x^{(2)}$",
-           title=f"DDIM inversion and back ({DDIM_STEPS} steps): mean error {summary['recon_error']:.3f}")
+           title=f"DDIM inversion and back ({DDIM_STEPS} steps)\nmean error {summary['recon_error']:.3f}")
     ax.legend(loc="lower left", fontsize=8)
     fig.suptitle(f"TinyDenoiser trained for {steps} steps (seed {seed}), linear schedule, T = 1000")
     fig.tight_layout()
