@@ -27,4 +27,35 @@ from .schedule import (
 )
 from .training import diffusion_loss, train
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+__all__ = [
+    "NoiseSchedule",
+    "PREDICTION_TYPES",
+    "SCHEDULES",
+    "SPACINGS",
+    "StepOutput",
+    "VARIANCES",
+    "cosine_betas",
+    "ddpm_sample",
+    "ddpm_step",
+    "diffusion_loss",
+    "draw_noise",
+    "eps_to_x0",
+    "gather",
+    "initial_noise",
+    "linear_betas",
+    "make_timesteps",
+    "posterior_coefficients",
+    "predict_x0_and_eps",
+    "previous_timesteps",
+    "q_posterior",
+    "q_sample",
+    "q_step",
+    "sampling_loop",
+    "scaled_linear_betas",
+    "train",
+    "training_target",
+    "v_target",
+    "v_to_eps",
+    "v_to_x0",
+    "x0_to_eps",
+]

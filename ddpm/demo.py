@@ -24,7 +24,6 @@ from matplotlib.figure import Figure  # a bare Figure draws to a file with no di
 from ddim import ddim_invert, ddim_sample
 
 from .reverse import ddpm_sample
-from .schedule import NoiseSchedule
 from .toy2d import energy_distance, sample_2d, train_2d
 
 NUM_SAMPLES = 1000  # points drawn by each sampler

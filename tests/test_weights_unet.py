@@ -315,5 +315,5 @@ def test_unrecognised_sources_are_refused(tmp_path):
     write_safetensors(project_to_diffusers(_tiny_state()), tmp_path / "loose.safetensors")
     with pytest.raises(WeightsFileError, match=r"loose\.safetensors has no model\.diffusion_model\.\* keys"):
         load_unet(tmp_path / "loose.safetensors")
-    with pytest.raises(ValueError, match="expected a unet.UNet, got UNet2DConditionModel"):
+    with pytest.raises(ValueError, match=r"expected a UNet \(U-Net\), got UNet2DConditionModel"):
         save_unet(random_diffusers(TINY), tmp_path / "x")

@@ -26,22 +26,20 @@ it, newer files do not. The project computes the positions and keeps no buffer, 
 accepted (its shape checked) and dropped. (Some merged SD checkpoints hold float position ids
 that have drifted off the integers; ignoring them is right.)
 
-Loading goes as for the U-Net (:mod:`weights.unet_loading`): names and shapes from the header are
-checked against a model built on the ``meta`` device, then the tensors become its parameters.
+Loading itself is the generic procedure of :mod:`weights.components`.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Mapping, TypeVar
 
 import torch
 
 from ldm.clip_config import CLIPTextConfig
 from ldm.clip_text import CLIPTextModel
 
-from .checks import WeightsMismatchError, check_state_dict, load_checked
-from .io import PathLike, is_pickled, read_json, read_safetensors_shapes, read_weights, write_json, write_safetensors
-from .unet_loading import DIFFUSERS_CONFIG, Source, find_source, save_component
+from .checks import WeightsMismatchError
+from .components import Component, export_to_diffusers, load_component, save_model
+from .io import PathLike
 
 COMPONENT = "text_encoder"
 PREFIX = "cond_stage_model.transformer."
@@ -89,71 +87,38 @@ def project_to_original(state_dict: Mapping[str, V]) -> dict[str, V]:
     return {PREFIX + k: v for k, v in state_dict.items()}
 
 
-# How each layout's names become the project's: (state dict or shapes, config, what) -> renamed.
-TO_PROJECT: dict[str, Callable[[Mapping[str, Any], CLIPTextConfig, str], dict[str, Any]]] = {
-    "original": original_to_project,
-    "diffusers": diffusers_to_project,
-    "project": lambda sd, config, what: dict(sd),
-}
-
-
-def _text_config(src: Source, given: CLIPTextConfig | None) -> CLIPTextConfig:
-    """The stored config (checked against ``given``), or ``given``, or SD v1 for an original file."""
-    if given is not None and not isinstance(given, CLIPTextConfig):
-        raise ValueError(f"config must be a CLIPTextConfig or None, got {type(given).__name__}")
-    if src.config is None:
-        return given or CLIPTextConfig.sd_v1()
-    stored = read_json(src.config)
-    try:
-        reader = CLIPTextConfig.from_transformers if src.layout == "diffusers" else CLIPTextConfig.from_dict
-        stored = reader(stored)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{src.config}: {e}") from e
-    if given is not None and given != stored:
-        raise ValueError(f"config {given} differs from the one stored in {src.config}: {stored}")
-    return stored
+TEXT_ENCODER = Component(
+    name=COMPONENT,
+    title="text encoder",
+    model_type=CLIPTextModel,
+    config_type=CLIPTextConfig,
+    read_diffusers_config=CLIPTextConfig.from_transformers,
+    write_diffusers_config=CLIPTextConfig.to_transformers,
+    to_project={
+        "original": original_to_project,
+        "diffusers": diffusers_to_project,
+        "project": lambda sd, config, what: dict(sd),
+    },
+    to_diffusers=dict,  # the project's names are transformers' (with text_model.)
+    original_prefix=PREFIX,
+    diffusers_weights=DIFFUSERS_WEIGHTS,
+)
 
 
 def load_text_encoder(
     source: PathLike, config: CLIPTextConfig | None = None, allow_pickle_weights_only: bool = False
 ) -> CLIPTextModel:
-    """A :class:`CLIPTextModel` (fp32, CPU, eval mode) with the weights of ``source`` in any of the three layouts.
-
-    ``config`` is needed only for an original single file that is not SD v1; for the other
-    layouts it is read from the folder, and a given one must equal it.
-    """
-    src = find_source(source, COMPONENT, diffusers_weights=DIFFUSERS_WEIGHTS, original_prefix=PREFIX)
-    config = _text_config(src, config)
-    to_project = TO_PROJECT[src.layout]
-    with torch.device("meta"):
-        model = CLIPTextModel(config)  # shapes only: no memory, no random init
-    what = f"text encoder weights {src.weights} ({src.layout} layout)"
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    if not is_pickled(src.weights):  # names and shapes from the header, before reading any tensor
-        shapes = to_project(read_safetensors_shapes(src.weights), config, what)
-        check_state_dict(expected, {k: torch.empty(s, device="meta") for k, s in shapes.items()}, what)
-    tensors = read_weights(src.weights, torch.float32, allow_pickle_weights_only)
-    load_checked(model, to_project(tensors, config, what), what, assign=True)
-    return model.eval()
-
-
-def _check_model(model: CLIPTextModel) -> None:
-    if not isinstance(model, CLIPTextModel):
-        raise ValueError(f"expected an ldm.CLIPTextModel, got {type(model).__name__}")
+    """A :class:`CLIPTextModel` (fp32, CPU, eval mode) with the weights of ``source`` in any of the
+    three layouts. ``config`` is needed only for an original single file that is not SD v1."""
+    return load_component(TEXT_ENCODER, source, config, allow_pickle_weights_only)
 
 
 def save_text_encoder(model: CLIPTextModel, folder: PathLike) -> None:
     """Save in the project's layout: ``folder/text_encoder.safetensors`` + ``folder/text_encoder.json``."""
-    _check_model(model)
-    save_component(model.state_dict(), model.config.to_dict(), folder, COMPONENT)
+    save_model(TEXT_ENCODER, model, folder)
 
 
 def export_text_encoder_to_diffusers(model: CLIPTextModel, folder: PathLike) -> None:
-    """Write ``folder/text_encoder/{model.safetensors, config.json}``.
-
-    ``transformers.CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")`` loads it.
-    """
-    _check_model(model)
-    folder = Path(folder) / COMPONENT
-    write_safetensors(model.state_dict(), folder / DIFFUSERS_WEIGHTS, metadata={"format": "pt"})
-    write_json(model.config.to_transformers(), folder / DIFFUSERS_CONFIG)
+    """Write ``folder/text_encoder/{model.safetensors, config.json}``; transformers'
+    ``CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")`` loads it."""
+    export_to_diffusers(TEXT_ENCODER, model, folder)
