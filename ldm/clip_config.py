@@ -12,8 +12,10 @@ initialisation) or for the CLIP image tower (``projection_dim``) are not kept.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
+
+from unet.config import JsonConfig
 
 # transformers configs written before its PR #24773 (SD v1's text_encoder/config.json among them)
 # carry placeholder special-token ids, and transformers then pools at the largest id of each row.
@@ -22,7 +24,7 @@ ACTIVATIONS = ("quick_gelu", "gelu")  # CLIP ViT-L/14 (SD v1) uses quick_gelu; O
 
 
 @dataclass(frozen=True)
-class CLIPTextConfig:
+class CLIPTextConfig(JsonConfig):
     vocab_size: int = 49408
     hidden_size: int = 768
     intermediate_size: int = 3072  # the MLP's inner width, 4 x hidden_size
@@ -107,16 +109,3 @@ class CLIPTextConfig:
             "initializer_range": 0.02,
             "torch_dtype": "float32",
         }
-
-    # the project's own config json -----------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CLIPTextConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        names = set(cls.__dataclass_fields__)
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown CLIP text config keys {sorted(unknown)}; expected a subset of {sorted(names)}")
-        return cls(**d)

@@ -9,12 +9,14 @@ multiplied by 0.18215 so that they have roughly unit variance for the diffusion 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
+
+from unet.config import JsonConfig
 
 
 @dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(JsonConfig):
     in_channels: int = 3
     out_channels: int = 3
     latent_channels: int = 4
@@ -92,18 +94,3 @@ class VAEConfig:
             "scaling_factor": self.scaling_factor,
             "act_fn": "silu",
         }
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "VAEConfig":
-        """Inverse of :meth:`to_dict` (the project's own config json); unknown keys are an error."""
-        names = set(cls.__dataclass_fields__)
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown VAE config keys {sorted(unknown)}; expected a subset of {sorted(names)}")
-        d = dict(d)
-        if "block_out_channels" in d:
-            d["block_out_channels"] = tuple(d["block_out_channels"])
-        return cls(**d)

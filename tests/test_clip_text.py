@@ -163,7 +163,7 @@ def test_config_round_trips(config):
 
 
 def test_config_bad_values():
-    with pytest.raises(ValueError, match="unknown CLIP text config keys \\['hidden'\\]"):
+    with pytest.raises(ValueError, match="unknown CLIPTextConfig keys \\['hidden'\\]"):
         CLIPTextConfig.from_dict({"hidden": 3})
     with pytest.raises(ValueError, match="hidden_act 'relu' is not supported"):
         CLIPTextConfig(hidden_act="relu")

@@ -27,7 +27,6 @@ import importlib.util
 import json
 import os
 import random
-import string
 import warnings
 from pathlib import Path
 
@@ -231,7 +230,7 @@ def test_truncation_keeps_75_tokens_and_warns_how_many_were_dropped(ours):
         ids = ours([prompt, "a cat"])
     seven = ours.encode("7")[0]
     assert ids[0].tolist() == [ours.bos_id] + [seven] * 75 + [ours.eos_id]
-    assert ids[1].tolist() == [ours.bos_id, *ours.encode("a cat"), ours.eos_id] + [ours.eos_id] * 72
+    assert ids[1].tolist() == [ours.bos_id, *ours.encode("a cat"), ours.eos_id] + [ours.eos_id] * 73  # 77 - bos - 2 - eos
 
 
 def test_empty_prompt_is_bos_then_eos_padding(ours):

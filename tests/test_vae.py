@@ -229,7 +229,7 @@ def test_bad_config():
         VAEConfig.from_diffusers({**SD.to_diffusers(), "use_quant_conv": False})
     with pytest.raises(ValueError, match="unsupported up_block_types"):
         VAEConfig.from_diffusers({**SD.to_diffusers(), "up_block_types": ["UpDecoderBlock2D"] * 3})
-    with pytest.raises(ValueError, match=r"unknown VAE config keys \['zzz'\]"):
+    with pytest.raises(ValueError, match=r"unknown VAEConfig keys \['zzz'\]"):
         VAEConfig.from_dict({**SD.to_dict(), "zzz": 1})
     assert VAEConfig.from_diffusers(SD.to_diffusers()) == SD and VAEConfig.from_dict(SD.to_dict()) == SD
 

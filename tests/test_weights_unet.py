@@ -302,7 +302,7 @@ def test_stored_config_must_match_a_given_one(tmp_path):
         load_unet(tmp_path, TINY.to_dict())
     _project_file(tmp_path / "p", _tiny_state())
     (tmp_path / "p" / "unet.json").write_text('{"block_out_channels": [32, 64], "heads": 2}')
-    with pytest.raises(ValueError, match=r"unet\.json: unknown U-Net config keys \['heads'\]"):
+    with pytest.raises(ValueError, match=r"unet\.json: unknown UNetConfig keys \['heads'\]"):
         load_unet(tmp_path / "p")
 
 

@@ -11,8 +11,25 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
+class JsonConfig:
+    """``to_dict`` / ``from_dict`` for the frozen config dataclasses (U-Net, VAE, text encoder): the
+    project's own ``<name>.json`` beside its weights. JSON has no tuples: lists come back as tuples."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        """Inverse of :meth:`to_dict`; unknown keys are an error that lists them."""
+        names = set(cls.__dataclass_fields__)
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}; expected a subset of {sorted(names)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(JsonConfig):
     in_channels: int = 4
     out_channels: int = 4
     block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
@@ -127,19 +144,3 @@ class UNetConfig:
             "freq_shift": 0,
             "act_fn": "silu",
         }
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "UNetConfig":
-        """Inverse of :meth:`to_dict` (the project's own config json); unknown keys are an error."""
-        names = set(cls.__dataclass_fields__)
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown U-Net config keys {sorted(unknown)}; expected a subset of {sorted(names)}")
-        d = dict(d)
-        for k in ("block_out_channels", "attention_levels"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return cls(**d)

@@ -38,7 +38,7 @@ from ldm.clip_config import CLIPTextConfig
 from ldm.clip_text import CLIPTextModel
 
 from .checks import WeightsMismatchError
-from .components import Component, export_to_diffusers, load_component, save_model
+from .components import Component, export_to_diffusers, layout_renamers, load_component, save_model
 from .io import PathLike
 
 COMPONENT = "text_encoder"
@@ -94,11 +94,7 @@ TEXT_ENCODER = Component(
     config_type=CLIPTextConfig,
     read_diffusers_config=CLIPTextConfig.from_transformers,
     write_diffusers_config=CLIPTextConfig.to_transformers,
-    to_project={
-        "original": original_to_project,
-        "diffusers": diffusers_to_project,
-        "project": lambda sd, config, what: dict(sd),
-    },
+    to_project=layout_renamers(original_to_project, diffusers_to_project),
     to_diffusers=dict,  # the project's names are transformers' (with text_model.)
     original_prefix=PREFIX,
     diffusers_weights=DIFFUSERS_WEIGHTS,

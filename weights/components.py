@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .checks import check_state_dict, load_checked
+from .diffusers_layout import diffusers_to_project
 from .io import (
     PathLike, WeightsFileError, is_pickled, read_json, read_safetensors_shapes, read_weights,
     write_json, write_safetensors,
@@ -37,6 +38,16 @@ Renamer = Callable[[Mapping[str, Any], Any, str], dict[str, Any]]
 """(state dict or {name: shape}, config, what) -> the same values under the project's names."""
 
 
+def layout_renamers(original: Renamer, diffusers: Renamer | None = None) -> dict[str, Renamer]:
+    """The renaming of each layout: ``original`` as given; diffusers' names by default through the
+    three renames of :mod:`weights.diffusers_layout`; the project's own names as they are."""
+    return {
+        "original": original,
+        "diffusers": diffusers or (lambda sd, config, what: diffusers_to_project(sd)),
+        "project": lambda sd, config, what: dict(sd),
+    }
+
+
 @dataclass(frozen=True)
 class Component:
     """What the loader needs to know about one network."""
@@ -47,7 +58,7 @@ class Component:
     config_type: type  # has sd_v1(), from_dict(), to_dict()
     read_diffusers_config: Callable[[dict[str, Any]], Any]
     write_diffusers_config: Callable[[Any], dict[str, Any]]
-    to_project: Mapping[str, Renamer]  # one per layout: "original", "diffusers", "project"
+    to_project: Mapping[str, Renamer]  # one per layout: see layout_renamers()
     to_diffusers: Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]
     original_prefix: str
     diffusers_weights: str = DIFFUSERS_WEIGHTS

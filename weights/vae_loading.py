@@ -12,8 +12,8 @@ from __future__ import annotations
 from ldm.vae import AutoencoderKL
 from ldm.vae_config import VAEConfig
 
-from .components import Component, export_to_diffusers, load_component, save_model
-from .diffusers_layout import diffusers_to_project, project_to_diffusers
+from .components import Component, export_to_diffusers, layout_renamers, load_component, save_model
+from .diffusers_layout import project_to_diffusers
 from .io import PathLike
 from .original_vae import PREFIX, original_to_project
 
@@ -24,11 +24,7 @@ VAE = Component(
     config_type=VAEConfig,
     read_diffusers_config=VAEConfig.from_diffusers,
     write_diffusers_config=VAEConfig.to_diffusers,
-    to_project={
-        "original": original_to_project,
-        "diffusers": lambda sd, config, what: diffusers_to_project(sd),
-        "project": lambda sd, config, what: dict(sd),
-    },
+    to_project=layout_renamers(original_to_project),
     to_diffusers=project_to_diffusers,
     original_prefix=PREFIX,
 )
