@@ -1,7 +1,9 @@
-"""The LDM's networks around the U-Net: the VAE, the CLIP text encoder (and, to come, the pipeline)."""
+"""The LDM's networks around the U-Net: the VAE, the CLIP text encoder, the tokenizers (and, to come, the pipeline)."""
 from .clip_config import CLIPTextConfig
 from .clip_text import CLIPTextModel, CLIPTextOutput
+from .clip_tokenizer import CLIPTokenizer
+from .tokenizer import PromptTokenizer, WordTokenizer
 from .vae import AutoencoderKL, DiagonalGaussian
 from .vae_config import VAEConfig
 
-__all__ = ["CLIPTextConfig", "CLIPTextModel", "CLIPTextOutput", "AutoencoderKL", "DiagonalGaussian", "VAEConfig"]
+__all__ = ["CLIPTextConfig", "CLIPTextModel", "CLIPTextOutput", "CLIPTokenizer", "PromptTokenizer", "WordTokenizer", "AutoencoderKL", "DiagonalGaussian", "VAEConfig"]

@@ -106,7 +106,7 @@ class PromptTokenizer:
 
         Words are ``prompt.split(" ")``, as in Prompt-to-Prompt's code; ``word_or_index`` is either
         an index into that list or a word, which selects every word equal to it (after
-        :meth:`normalize_word`). A word may be several tokens ("watercolor" -> "water", "color"),
+        :meth:`normalize_word`). A word may be several tokens (CLIP: "zürich" -> "z", "ü", "rich"),
         and all of them are returned. The words are tokenized one by one: the tokenizers here
         never let a token run across a space, so this gives the same tokens as the whole prompt.
         """
