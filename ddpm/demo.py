@@ -61,7 +61,7 @@ def run(out: Path, steps: int, seed: int, progress: bool = True) -> dict[str, fl
         "recon_error": float((recon - real).norm(dim=1).mean()),
     }
 
-    fig = Figure(figsize=(18, 4.8))
+    fig = Figure(figsize=(18, 5.2), layout="constrained")
     axes = fig.subplots(1, 4)
     _scatter(axes[0], data, "data: two moons", color="0.35")
     _scatter(axes[1], ddpm_points, f"DDPM, 1000 steps (energy dist. {summary['ddpm_energy']:.4f})", color="C0")
@@ -78,7 +78,6 @@ def run(out: Path, steps: int, seed: int, progress: bool = True) -> dict[str, fl
            title=f"DDIM inversion and back ({DDIM_STEPS} steps)\nmean error {summary['recon_error']:.3f}")
     ax.legend(loc="lower left", fontsize=8)
     fig.suptitle(f"TinyDenoiser trained for {steps} steps (seed {seed}), linear schedule, T = 1000")
-    fig.tight_layout()
     _save_atomically(fig, out)
     return summary
 
