@@ -22,7 +22,7 @@ def test_demo_writes_a_png_and_a_summary(tmp_path, capsys):
     with Image.open(out) as image:
         assert image.format == "PNG"
         pixels = np.asarray(image.convert("L"))
-    assert pixels.shape == (520, 1800)  # figsize (18, 4.8) at dpi 100
+    assert pixels.shape == (520, 1800)  # figsize (18, 5.2) at dpi 100
     assert pixels.std() > 10, "the figure is blank"  # four scatter panels on white are far from uniform
     assert sorted(p.name for p in out.parent.iterdir()) == ["demo.png"]  # no temporary file left
     printed = capsys.readouterr().out
