@@ -128,6 +128,22 @@ def resolve_config(component: Component, src: Source, given: Any) -> Any:
     return stored
 
 
+def _describe(component: Component, src: Source) -> str:
+    return f"{component.title} weights {src.weights} ({src.layout} layout)"
+
+
+def check_header(component: Component, src: Source, config: Any, model: nn.Module | None = None) -> None:
+    """Every key and shape of a safetensors file against the model, from the header alone (no tensor
+    is read); ``model`` defaults to one built on the ``meta`` device (no memory, no random init)."""
+    if model is None:
+        with torch.device("meta"):
+            model = component.model_type(config)
+    what = _describe(component, src)
+    shapes = component.to_project[src.layout](read_safetensors_shapes(src.weights), config, what)
+    meta = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+    check_state_dict({k: v.shape for k, v in model.state_dict().items()}, meta, what)
+
+
 def load_component(
     component: Component, source: PathLike, config: Any = None, allow_pickle_weights_only: bool = False
 ) -> nn.Module:
@@ -141,11 +157,9 @@ def load_component(
     to_project = component.to_project[src.layout]
     with torch.device("meta"):
         model = component.model_type(config)  # shapes only: no memory, no random init
-    what = f"{component.title} weights {src.weights} ({src.layout} layout)"
+    what = _describe(component, src)
     if not is_pickled(src.weights):  # check names and shapes from the header before reading any tensor
-        shapes = to_project(read_safetensors_shapes(src.weights), config, what)
-        meta = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
-        check_state_dict({k: v.shape for k, v in model.state_dict().items()}, meta, what)
+        check_header(component, src, config, model)
     tensors = read_weights(src.weights, torch.float32, allow_pickle_weights_only)
     load_checked(model, to_project(tensors, config, what), what, assign=True)
     return model.eval()

@@ -1,0 +1,122 @@
+"""A whole model in the project's layout: one folder, three networks, a tokenizer, a manifest.
+
+    NAME/
+      model.json                             the manifest below
+      unet.safetensors        + unet.json              (UNetConfig)
+      vae.safetensors         + vae.json               (VAEConfig)
+      text_encoder.safetensors + text_encoder.json     (CLIPTextConfig)
+      tokenizer/               vocab.json + merges.txt (CLIP's BPE) or words.json (the toy model's words)
+
+``model.json`` names the parts and the noise schedule the U-Net was trained with, which no
+weights file records. SD v1 (Rombach et al. 2022, ``v1-inference.yaml``) trained with
+
+    beta_t = (sqrt(0.00085) + (t / 999) (sqrt(0.012) - sqrt(0.00085)))^2,  t = 0..999   ("scaled_linear")
+
+and samples with timesteps offset by 1 (``steps_offset``); latents are the VAE's output times its
+``scaling_factor`` (0.18215 for SD v1), copied here so a reader of the manifest sees it.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from ldm.clip_text import CLIPTextModel
+from ldm.clip_tokenizer import CLIPTokenizer
+from ldm.tokenizer import PromptTokenizer, WordTokenizer
+from ldm.vae import AutoencoderKL
+from unet.model import UNet
+
+from .clip_loading import load_text_encoder
+from .io import PathLike, WeightsFileError, read_json
+from .unet_loading import load_unet
+from .vae_loading import load_vae
+
+MANIFEST = "model.json"
+FORMAT = "diffusion-from-scratch/model-folder/1"
+PARTS = ("unet", "vae", "text_encoder")
+TOKENIZER_FOLDER = "tokenizer"
+CLIP_BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+SD_V1_SCHEDULE = {  # the training schedule of SD v1 (v1-inference.yaml; diffusers' scheduler_config.json)
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+}
+
+
+def tokenizer_kind(tokenizer: PromptTokenizer | None) -> str | None:
+    """How the tokenizer is stored: "clip-bpe" (vocab.json + merges.txt), "words" (words.json) or None."""
+    if tokenizer is None:
+        return None
+    if isinstance(tokenizer, CLIPTokenizer):
+        return "clip-bpe"
+    if isinstance(tokenizer, WordTokenizer):
+        return "words"
+    raise ValueError(f"tokenizer must be a CLIPTokenizer or a WordTokenizer, got {type(tokenizer).__name__}")
+
+
+def load_tokenizer(path: PathLike) -> PromptTokenizer:
+    """A tokenizer from OpenAI's ``bpe_simple_vocab_16e6.txt.gz``, a folder with vocab.json + merges.txt
+    or words.json, or a model folder holding such a ``tokenizer/``."""
+    path = Path(path)
+    if path.is_file():
+        if not path.name.endswith(".gz"):
+            raise ValueError(f"tokenizer file {path} is not a .gz BPE merges file; expected {CLIP_BPE_FILE} "
+                             f"or a folder with vocab.json + merges.txt")
+        return CLIPTokenizer.from_bpe_file(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"tokenizer {path} does not exist; expected {CLIP_BPE_FILE} or a tokenizer folder")
+    for folder in (path, path / TOKENIZER_FOLDER):
+        if (folder / "vocab.json").is_file():
+            return CLIPTokenizer.from_folder(folder)
+        if (folder / "words.json").is_file():
+            return WordTokenizer.load(folder)
+    raise FileNotFoundError(f"{path} holds no tokenizer: expected vocab.json + merges.txt or words.json, "
+                            f"there or in {TOKENIZER_FOLDER}/")
+
+
+def installed_clip_bpe() -> Path | None:
+    """OpenAI's merges file inside an installed ``clip`` package, found without importing it."""
+    spec = importlib.util.find_spec("clip")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(folder) / CLIP_BPE_FILE).is_file():
+            return Path(folder) / CLIP_BPE_FILE
+    return None
+
+
+def manifest(scaling_factor: float, tokenizer: PromptTokenizer | None, schedule: dict[str, Any]) -> dict[str, Any]:
+    """The content of ``model.json``."""
+    kind = tokenizer_kind(tokenizer)
+    return {
+        "format": FORMAT,
+        "parts": {**{p: f"{p}.safetensors" for p in PARTS}, "tokenizer": TOKENIZER_FOLDER + "/" if kind else None},
+        "tokenizer": kind,
+        "scheduler": dict(schedule),
+        "latent_scale": scaling_factor,
+    }
+
+
+def read_manifest(folder: PathLike) -> dict[str, Any]:
+    """``folder/model.json``, checked to be this project's manifest."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise WeightsFileError(f"{folder} has no {MANIFEST}; expected a folder written by "
+                               f"`python -m weights.convert SOURCE {folder}`")
+    data = read_json(path)
+    if data.get("format") != FORMAT or not isinstance(data.get("scheduler"), dict):
+        raise WeightsFileError(f"{path} is not a model manifest: expected format {FORMAT!r} and a scheduler")
+    return data
+
+
+def load_model_folder(path: PathLike) -> tuple[UNet, AutoencoderKL, CLIPTextModel, PromptTokenizer]:
+    """The four parts of a converted model folder: (unet, vae, text_encoder, tokenizer), fp32, eval mode."""
+    path = Path(path)
+    data = read_manifest(path)
+    if data.get("tokenizer") is None:
+        raise FileNotFoundError(
+            f"{path} has no tokenizer (its {MANIFEST} says so); convert it again with one: `python -m "
+            f"weights.convert {path} NEW_FOLDER --tokenizer TOKENIZER` (an SD folder's tokenizer/ or {CLIP_BPE_FILE})")
+    tokenizer = load_tokenizer(path / TOKENIZER_FOLDER)
+    return load_unet(path), load_vae(path), load_text_encoder(path), tokenizer
