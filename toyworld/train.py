@@ -1,0 +1,306 @@
+"""Train the toy Stable Diffusion: ``python -m toyworld.train`` (CPU by default, CUDA when asked).
+
+Two stages, as the LDM paper trains SD (Rombach et al. 2022, section 3):
+
+1. The autoencoder alone, on rendered images (x in [-1, 1]):
+
+       L_VAE = mean |x - D(z)| + mean (x - D(z))^2 + w_KL KL(q(z|x) || N(0, I)) / (3 H W),   z ~ q(z|x)
+
+   (SD adds a perceptual and an adversarial term; the toy world's flat colours and sharp edges are
+   reconstructed well without them.) w_KL = 1e-6 per image pixel, SD's weight relative to its
+   pixel loss, so the latents are barely regularised; afterwards the latent scale is set to
+   1 / std of the latents over fresh images (LDM appendix G), the toy model's 0.18215.
+
+2. The text encoder and the U-Net together, on the frozen autoencoder's latents z_0 = scale * z
+   with the plain epsilon loss L_simple (Ho et al. 2020, Eq. 14) and SD's noise schedule. With
+   probability 0.1 the caption is replaced by the empty prompt "", so the same network learns the
+   unconditional eps(z_t) used by classifier-free guidance (Ho & Salimans 2022, Algorithm 1).
+   An exponential moving average of the weights (decay 0.999) is what ships.
+
+Every stage checkpoints to ``--run`` (safetensors + JSON, toyworld/checkpoint.py) and resumes
+from there: run the same command again after an interruption. The data are a deterministic
+function of the seed and the step, so a resumed run sees what an uninterrupted one would.
+At the end the EMA weights go to ``--out`` (default weights/toy/) in the project's model-folder
+layout, with the loss history and a figure of the loss curves.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ddpm.schedule import NoiseSchedule
+from ddpm.training import diffusion_loss
+from ldm.clip_text import CLIPTextModel
+from ldm.vae import AutoencoderKL
+from unet.model import UNet
+from weights.clip_loading import save_text_encoder
+from weights.io import write_json
+from weights.model_folder import manifest
+from weights.unet_loading import save_unet
+from weights.vae_loading import save_vae
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .model import TOY_IMAGE_SIZE, TOY_SCHEDULE, toy_text_config, toy_tokenizer, toy_unet_config, toy_vae_config
+from .render import ToyDataset
+from .world import random_caption
+
+KL_WEIGHT = 1e-6
+CAPTION_DROPOUT = 0.1
+EMA_DECAY = 0.999
+TRAIN_SEED, EVAL_SEED = 1, 999  # ToyDataset seeds: training images, held-out images for the logs
+
+
+def log_line(run: Path, text: str) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    line = f"[{stamp}] {text}"
+    print(line, flush=True)
+    with open(run / "train.log", "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+def learning_rate(step: int, steps: int, peak: float, warmup: int = 200) -> float:
+    """Linear warm-up to ``peak``, then a cosine decay to peak / 10."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of images in [-1, 1], measured on the [0, 1] scale."""
+    mse = ((x - y) / 2).clamp(-1, 1).square().flatten(1).mean(1)  # (B,)
+    return 10 * torch.log10(1 / mse.clamp_min(1e-12))
+
+
+# Stage 1: the autoencoder -------------------------------------------------------------------
+def vae_loss(vae: AutoencoderKL, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    posterior = vae.encode(x)
+    z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(x.device)
+    x_hat = vae.decode(z)  # (B, 3, 64, 64)
+    rec = (x - x_hat).abs().mean() + (x - x_hat).square().mean()
+    kl = posterior.kl().mean() / x[0].numel()  # per image, per pixel value
+    return rec + KL_WEIGHT * kl, x_hat
+
+
+def train_vae(run: Path, steps: int, batch_size: int, lr: float, device: str, every: int) -> AutoencoderKL:
+    torch.manual_seed(0)
+    vae = AutoencoderKL(toy_vae_config()).to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    ckpt, meta = run / "vae", {"step": 0, "history": {"step": [], "loss": [], "eval_psnr": []}}
+    if ckpt.with_suffix(".json").exists():
+        meta = load_checkpoint(ckpt, vae, None, opt)
+        log_line(run, f"vae: resumed at step {meta['step']}")
+    data, held_out = ToyDataset(TRAIN_SEED), ToyDataset(EVAL_SEED).batch(range(256))[0].to(device)
+    bar = tqdm(range(meta["step"], steps), desc="vae", initial=meta["step"], total=steps)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, steps, lr)
+        x = data.batch(range(step * batch_size, (step + 1) * batch_size))[0].to(device)
+        loss, _ = vae_loss(vae, x, torch.Generator().manual_seed(step))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % 10 == 0:
+            meta["history"]["step"].append(step + 1)
+            meta["history"]["loss"].append(loss.item())
+        if (step + 1) % every == 0 or step + 1 == steps:
+            with torch.no_grad():
+                vae.eval()
+                p = torch.cat([psnr(vae(held_out[i:i + 64]), held_out[i:i + 64]) for i in range(0, 256, 64)])
+                vae.train()
+            meta["history"]["eval_psnr"].append([step + 1, p.mean().item()])
+            meta["step"] = step + 1
+            save_checkpoint(ckpt, vae, None, opt, meta)
+            log_line(run, f"vae step {step + 1}/{steps}: loss {loss.item():.4f}, held-out PSNR {p.mean():.2f} dB "
+                          f"(min {p.min():.2f})")
+    vae.eval()
+    return vae
+
+
+@torch.no_grad()
+def measure_latent_scale(vae: AutoencoderKL, device: str, n: int = 2048) -> float:
+    """1 / std of z ~ q(z|x) over ``n`` fresh images (LDM appendix G; SD's 0.18215 came this way)."""
+    x = ToyDataset(EVAL_SEED + 1).batch(range(n))[0]
+    z = torch.cat([vae.encode(x[i:i + 256].to(device)).sample(torch.Generator().manual_seed(i)).cpu()
+                   for i in range(0, n, 256)])
+    return float(1 / z.std())
+
+
+@torch.no_grad()
+def encode_dataset(vae: AutoencoderKL, n: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The posterior mean and std of ``n`` training images (B, 4, 8, 8) each: stage 2 samples z from them."""
+    data, means, stds = ToyDataset(TRAIN_SEED + 1), [], []
+    for i in tqdm(range(0, n, 256), desc="encode"):
+        posterior = vae.encode(data.batch(range(i, min(i + 256, n)))[0].to(device))
+        means.append(posterior.mean.cpu())
+        stds.append(posterior.std.cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+# Stage 2: text encoder + U-Net ----------------------------------------------------------------
+class TextToLatent(nn.Module):
+    """The two networks trained together; ``forward`` is the conditional eps model eps(z_t, t, caption)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unet = UNet(toy_unet_config())
+        self.text_encoder = CLIPTextModel(toy_text_config())
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        context = self.text_encoder(ids).last_hidden_state  # (B, 77, 64)
+        return self.unet(z_t, t, context)  # (B, 4, 8, 8)
+
+
+def ema_update(ema: nn.Module, model: nn.Module, step: int) -> None:
+    decay = min(EMA_DECAY, (1 + step) / (10 + step))  # a short warm-up, so early EMA weights are not stale
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1 - decay)
+
+
+def train_diffusion(run: Path, vae_scale: float, means: torch.Tensor, stds: torch.Tensor, steps: int,
+                    batch_size: int, lr: float, device: str, every: int) -> TextToLatent:
+    torch.manual_seed(0)
+    model = TextToLatent().to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    ckpt, meta = run / "diffusion", {"step": 0, "history": {"step": [], "loss": []}}
+    if ckpt.with_suffix(".json").exists():
+        meta = load_checkpoint(ckpt, model, ema, opt)
+        log_line(run, f"diffusion: resumed at step {meta['step']}")
+    schedule = NoiseSchedule.from_name(TOY_SCHEDULE["beta_schedule"], beta_start=TOY_SCHEDULE["beta_start"],
+                                       beta_end=TOY_SCHEDULE["beta_end"])
+    tokenizer, scenes = toy_tokenizer(), ToyDataset(TRAIN_SEED + 1)
+    n = means.shape[0]
+    running = []
+    bar = tqdm(range(meta["step"], steps), desc="diffusion", initial=meta["step"], total=steps)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, steps, lr)
+        rng = np.random.default_rng([TRAIN_SEED, step])
+        gen = torch.Generator().manual_seed(step)
+        idx = rng.integers(n, size=batch_size)
+        captions = ["" if rng.random() < CAPTION_DROPOUT else random_caption(scenes.scene_and_caption(int(i))[0], rng)
+                    for i in idx]
+        eps = torch.randn(means[idx].shape, generator=gen)
+        z0 = (vae_scale * (means[idx] + stds[idx] * eps)).to(device)  # (B, 4, 8, 8): z_0 ~ scale * q(z|x)
+        ids = tokenizer(captions).to(device)
+        loss = diffusion_loss(model, z0, schedule, generator=gen, model_kwargs={"ids": ids})
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema_update(ema, model, step)
+        running.append(loss.item())
+        if (step + 1) % 10 == 0:
+            meta["history"]["step"].append(step + 1)
+            meta["history"]["loss"].append(float(np.mean(running)))
+            bar.set_postfix(loss=f"{np.mean(running):.4f}")
+            running = []
+        if (step + 1) % every == 0 or step + 1 == steps:
+            meta["step"] = step + 1
+            save_checkpoint(ckpt, model, ema, opt, meta)
+            log_line(run, f"diffusion step {step + 1}/{steps}: loss (last 10 steps) {meta['history']['loss'][-1]:.4f}")
+    return ema
+
+
+# Export ---------------------------------------------------------------------------------------
+def plot_history(run: Path, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vae_meta = json.loads((run / "vae.json").read_text())
+    dif_meta = json.loads((run / "diffusion.json").read_text())
+    history = {"vae": vae_meta["history"], "diffusion": dif_meta["history"]}
+    write_json(history, out / "training_log.json")
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
+    h = history["vae"]
+    axes[0].semilogy(h["step"], h["loss"], lw=0.8)
+    axes[0].set(title="stage 1: VAE loss (L1 + L2 + KL)", xlabel="step", ylabel="loss")
+    psnr_steps, psnr_values = zip(*h["eval_psnr"])
+    axes[1].plot(psnr_steps, psnr_values, marker="o", ms=3)
+    axes[1].axhline(30, color="gray", ls="--", lw=0.8, label="30 dB goal")
+    axes[1].set(title="stage 1: held-out reconstruction PSNR", xlabel="step", ylabel="dB")
+    axes[1].legend()
+    h = history["diffusion"]
+    axes[2].semilogy(h["step"], h["loss"], lw=0.8)
+    axes[2].set(title="stage 2: U-Net + text encoder, L_simple", xlabel="step", ylabel="loss (mean of 10 steps)")
+    fig.savefig(out / "training.png", dpi=110)
+    plt.close(fig)
+
+
+def export(out: Path, vae: AutoencoderKL, scale: float, model: TextToLatent) -> None:
+    vae_cfg = toy_vae_config(scaling_factor=scale)
+    final_vae = AutoencoderKL(vae_cfg)
+    final_vae.load_state_dict(vae.state_dict())
+    out.mkdir(parents=True, exist_ok=True)
+    save_unet(model.unet.cpu(), out)
+    save_vae(final_vae, out)
+    save_text_encoder(model.text_encoder.cpu(), out)
+    tokenizer = toy_tokenizer()
+    tokenizer.save(out / "tokenizer")
+    schedule = dict(TOY_SCHEDULE)
+    write_json({**manifest(scale, tokenizer, schedule), "image_size": TOY_IMAGE_SIZE}, out / "model.json")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, default=Path("runs/toy"), help="checkpoints and train.log (default runs/toy)")
+    p.add_argument("--out", type=Path, default=Path("weights/toy"), help="where the trained model goes")
+    p.add_argument("--vae-steps", type=int, default=3000)
+    p.add_argument("--vae-batch", type=int, default=16)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--diffusion-steps", type=int, default=12000)
+    p.add_argument("--diffusion-batch", type=int, default=64)
+    p.add_argument("--diffusion-lr", type=float, default=5e-4)
+    p.add_argument("--latent-images", type=int, default=40000, help="training images encoded for stage 2")
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = p.parse_args(argv)
+    for name in ("vae_steps", "vae_batch", "diffusion_steps", "diffusion_batch", "latent_images", "checkpoint_every"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.run.mkdir(parents=True, exist_ok=True)
+    log_line(args.run, f"training the toy model on {args.device}: {vars(args)}")
+    vae = train_vae(args.run, args.vae_steps, args.vae_batch, args.vae_lr, args.device, args.checkpoint_every)
+    scale = measure_latent_scale(vae, args.device)
+    log_line(args.run, f"latent scale 1/std = {scale:.5f}")
+    cache = args.run / "latents.safetensors"
+    from weights.io import read_safetensors, write_safetensors
+    if cache.exists():
+        stored = read_safetensors(cache)
+        means, stds = stored["mean"], stored["std"]
+    if not cache.exists() or means.shape[0] != args.latent_images:
+        means, stds = encode_dataset(vae, args.latent_images, args.device)
+        write_safetensors({"mean": means, "std": stds}, cache)
+    model = train_diffusion(args.run, scale, means, stds, args.diffusion_steps, args.diffusion_batch,
+                            args.diffusion_lr, args.device, args.checkpoint_every)
+    export(args.out, vae.cpu(), scale, model.cpu())
+    plot_history(args.run, args.out)
+    log_line(args.run, f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
