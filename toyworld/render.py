@@ -16,7 +16,8 @@ The shapes, for a centre c and half extent r (each fits the square [c - r, c + r
     circle    d = |p - c| - r
     square    the box distance, q = |p - c| - r (per axis):  |max(q, 0)| + min(max(q_x, q_y), 0)
     triangle  apex up, base 2r wide and 2r high: max of the three edges' signed line distances
-              (exact near edges; off by a little only beyond a vertex, where coverage is 0 anyway)
+              (exact near the edges; beyond a vertex it underestimates the distance, so coverage
+              fades out ~1.1 px past the sharp apex instead of 0.5 px: a slightly soft tip)
     cross     a plus sign, the union (min) of two boxes with arms CROSS_ARM * r thick
 """
 from __future__ import annotations
@@ -29,9 +30,6 @@ import torch
 from .world import BACKGROUNDS, COLOURS, IMAGE_SIZE, Scene, random_caption, random_scene
 
 CROSS_ARM = 0.38  # half thickness of the cross's arms, relative to the half extent r
-
-_GRID = None
-
 
 def pixel_grid(size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """Pixel-centre coordinates (x, y), each (size, size): pixel (i, j) has centre (j + 1/2, i + 1/2)."""

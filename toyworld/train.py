@@ -92,7 +92,9 @@ def vae_loss(vae: AutoencoderKL, x: torch.Tensor, generator: torch.Generator) ->
     return rec + KL_WEIGHT * kl, x_hat
 
 
-def train_vae(run: Path, steps: int, batch_size: int, lr: float, device: str, every: int) -> AutoencoderKL:
+def train_vae(run: Path, steps: int, batch_size: int, lr: float, device: str, every: int,
+              until: int | None = None) -> AutoencoderKL:
+    """Stage 1 for ``steps`` steps (or only up to step ``until``, to split a run), resuming from ``run/vae``."""
     torch.manual_seed(0)
     vae = AutoencoderKL(toy_vae_config()).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
@@ -101,7 +103,7 @@ def train_vae(run: Path, steps: int, batch_size: int, lr: float, device: str, ev
         meta = load_checkpoint(ckpt, vae, None, opt)
         log_line(run, f"vae: resumed at step {meta['step']}")
     data, held_out = ToyDataset(TRAIN_SEED), ToyDataset(EVAL_SEED).batch(range(256))[0].to(device)
-    bar = tqdm(range(meta["step"], steps), desc="vae", initial=meta["step"], total=steps)
+    bar = tqdm(range(meta["step"], min(steps, until or steps)), desc="vae", initial=meta["step"], total=steps)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, steps, lr)
@@ -115,7 +117,7 @@ def train_vae(run: Path, steps: int, batch_size: int, lr: float, device: str, ev
         if (step + 1) % 10 == 0:
             meta["history"]["step"].append(step + 1)
             meta["history"]["loss"].append(loss.item())
-        if (step + 1) % every == 0 or step + 1 == steps:
+        if (step + 1) % every == 0 or step + 1 in (steps, until):
             with torch.no_grad():
                 vae.eval()
                 p = torch.cat([psnr(vae(held_out[i:i + 64]), held_out[i:i + 64]) for i in range(0, 256, 64)])
@@ -171,7 +173,8 @@ def ema_update(ema: nn.Module, model: nn.Module, step: int) -> None:
 
 
 def train_diffusion(run: Path, vae_scale: float, means: torch.Tensor, stds: torch.Tensor, steps: int,
-                    batch_size: int, lr: float, device: str, every: int) -> TextToLatent:
+                    batch_size: int, lr: float, device: str, every: int, until: int | None = None) -> TextToLatent:
+    """Stage 2 for ``steps`` steps (or up to step ``until``), resuming from ``run/diffusion``; returns the EMA."""
     torch.manual_seed(0)
     model = TextToLatent().to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -185,7 +188,7 @@ def train_diffusion(run: Path, vae_scale: float, means: torch.Tensor, stds: torc
     tokenizer, scenes = toy_tokenizer(), ToyDataset(TRAIN_SEED + 1)
     n = means.shape[0]
     running = []
-    bar = tqdm(range(meta["step"], steps), desc="diffusion", initial=meta["step"], total=steps)
+    bar = tqdm(range(meta["step"], min(steps, until or steps)), desc="diffusion", initial=meta["step"], total=steps)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, steps, lr)
@@ -209,10 +212,11 @@ def train_diffusion(run: Path, vae_scale: float, means: torch.Tensor, stds: torc
             meta["history"]["loss"].append(float(np.mean(running)))
             bar.set_postfix(loss=f"{np.mean(running):.4f}")
             running = []
-        if (step + 1) % every == 0 or step + 1 == steps:
+        if (step + 1) % every == 0 or step + 1 in (steps, until):
             meta["step"] = step + 1
             save_checkpoint(ckpt, model, ema, opt, meta)
-            log_line(run, f"diffusion step {step + 1}/{steps}: loss (last 10 steps) {meta['history']['loss'][-1]:.4f}")
+            last = meta["history"]["loss"][-1] if meta["history"]["loss"] else float("nan")
+            log_line(run, f"diffusion step {step + 1}/{steps}: loss (mean of the last 10 steps) {last:.4f}")
     return ema
 
 
