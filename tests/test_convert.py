@@ -108,6 +108,7 @@ def test_original_file_to_project_folder(models, original_file, tokenizer_folder
     manifest = read_manifest(dest)
     assert manifest["scheduler"] == SD_V1_SCHEDULE and manifest["latent_scale"] == CONFIGS["vae"].scaling_factor
     assert manifest["tokenizer"] == "clip-bpe"
+    assert manifest["image_size"] == 512  # an original file records no size: SD v1's
     assert [line.split(":")[0].strip() for line in lines if "/3]" in line] == [
         "[1/3] U-Net", "[2/3] VAE", "[3/3] text encoder"]  # progress per part
     assert not [p.name for p in workdir.iterdir() if p.name.startswith(".")]  # no temporary folder left
@@ -156,6 +157,17 @@ def test_diffusers_in_project_out_diffusers_out_loads_in_stable_diffusion_pipeli
         image = torch.randn(1, 3, 32, 32)
         close(pipe.vae.encode(image).latent_dist.mean, models["vae"].encode(image).mean)
         close(pipe.vae.decode(x[:, :, :4, :4]).sample, models["vae"].decode(x[:, :, :4, :4]))
+
+
+def test_image_size_survives_project_to_diffusers_to_project(original_file, tokenizer_folder, workdir):
+    project = convert(original_file, workdir / "p", tokenizer=tokenizer_folder, configs=CONFIGS, log=lambda line: None)
+    data = read_manifest(project)
+    (project / "model.json").write_text(json.dumps({**data, "image_size": 96}))  # as the toy model's 64
+    exported = export_diffusers(project, workdir / "d", log=lambda line: None)
+    factor = CONFIGS["vae"].downsample_factor
+    assert json.loads((exported / "unet" / "config.json").read_text())["sample_size"] == 96 // factor
+    back = convert(exported, workdir / "p2", log=lambda line: None)
+    assert read_manifest(back)["image_size"] == 96
 
 
 def test_refuses_a_non_empty_dest_unless_forced(original_file, tokenizer_folder, workdir):

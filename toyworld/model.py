@@ -54,3 +54,6 @@ TOY_SCHEDULE = {  # SD v1's training schedule and sampling offset (weights/model
     "steps_offset": 1,
 }
 TOY_IMAGE_SIZE = IMAGE_SIZE
+# The classifier-free guidance scale the toy model samples with by default: chosen by
+# ``benchmarks/toy_quality.py --sweep`` (fidelity against guidance; see README, "The toy model").
+TOY_GUIDANCE_SCALE = 5.0

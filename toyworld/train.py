@@ -257,7 +257,7 @@ def export(out: Path, vae: AutoencoderKL, scale: float, model: TextToLatent) -> 
     tokenizer = toy_tokenizer()
     tokenizer.save(out / "tokenizer")
     schedule = dict(TOY_SCHEDULE)
-    write_json({**manifest(scale, tokenizer, schedule), "image_size": TOY_IMAGE_SIZE}, out / "model.json")
+    write_json(manifest(scale, tokenizer, schedule, image_size=TOY_IMAGE_SIZE), out / "model.json")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

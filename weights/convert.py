@@ -38,12 +38,13 @@ from unet.config import UNetConfig
 
 from .clip_loading import TEXT_ENCODER
 from .components import (
-    Component, check_header, export_to_diffusers, find_source, load_component, resolve_config, save_model,
+    DIFFUSERS_CONFIG, Component, check_header, export_to_diffusers, find_source, load_component, resolve_config,
+    save_model,
 )
 from .io import PathLike, WeightsFileError, read_json, read_safetensors_shapes, write_json
 from .model_folder import (
-    CLIP_BPE_FILE, MANIFEST, SD_V1_SCHEDULE, TOKENIZER_FOLDER, installed_clip_bpe, load_tokenizer, manifest,
-    read_manifest,
+    CLIP_BPE_FILE, MANIFEST, SD_V1_IMAGE_SIZE, SD_V1_SCHEDULE, TOKENIZER_FOLDER, installed_clip_bpe, load_tokenizer,
+    manifest, manifest_image_size, read_manifest,
 )
 from .unet_loading import UNET
 from .vae_loading import VAE
@@ -90,6 +91,17 @@ def source_schedule(source: Path, layout: str) -> dict[str, Any]:
     else:
         stored = {}
     return {k: stored.get(k, v) for k, v in SD_V1_SCHEDULE.items()}
+
+
+def source_image_size(source: Path, layout: str, latent_factor: int) -> int:
+    """The resolution the model was trained at: a project manifest's ``image_size``, a diffusers
+    U-Net's ``sample_size`` (in latent pixels) times the VAE's factor, else SD v1's 512."""
+    if layout == "project" and (source / MANIFEST).is_file():
+        return manifest_image_size(read_manifest(source), source)
+    config = source / "unet" / DIFFUSERS_CONFIG
+    if layout == "diffusers" and config.is_file() and isinstance(read_json(config).get("sample_size"), int):
+        return read_json(config)["sample_size"] * latent_factor
+    return SD_V1_IMAGE_SIZE
 
 
 def find_tokenizer(source: Path, layout: str, given: PathLike | None, log: Callable[[str], None]) -> PromptTokenizer | None:
@@ -196,6 +208,7 @@ def convert(
     for c in COMPONENTS:
         check_header(c, sources[c.name], configs[c.name])
     schedule = source_schedule(source, layout)
+    image_size = source_image_size(source, layout, configs["vae"].downsample_factor)
 
     log(f"converting {source} ({layout} layout) -> {dest} ({to} layout)")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -210,9 +223,12 @@ def convert(
         if to == "project":
             if tok is not None:
                 tok.save(tmp / TOKENIZER_FOLDER)
-            write_json(manifest(configs["vae"].scaling_factor, tok, schedule), tmp / MANIFEST)
+            write_json(manifest(configs["vae"].scaling_factor, tok, schedule, image_size), tmp / MANIFEST)
         else:
             write_diffusers_extras(tmp, tok, schedule)
+            unet_config = read_json(tmp / "unet" / DIFFUSERS_CONFIG)  # diffusers' default sampling size
+            write_json({**unet_config, "sample_size": image_size // configs["vae"].downsample_factor},
+                       tmp / "unet" / DIFFUSERS_CONFIG)
         log(f"  tokenizer: {type(tok).__name__ if tok is not None else 'MISSING (see the warning above)'}")
         _swap_into_place(tmp, dest)
     finally:

@@ -14,6 +14,8 @@ weights file records. SD v1 (Rombach et al. 2022, ``v1-inference.yaml``) trained
 
 and samples with timesteps offset by 1 (``steps_offset``); latents are the VAE's output times its
 ``scaling_factor`` (0.18215 for SD v1), copied here so a reader of the manifest sees it.
+``image_size`` is the resolution the model was trained at, which the pipeline samples at by
+default: 512 for SD v1 (the default when the key is absent), 64 for the toy model.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ SD_V1_SCHEDULE = {  # the training schedule of SD v1 (v1-inference.yaml; diffuse
     "num_train_timesteps": 1000,
     "steps_offset": 1,
 }
+SD_V1_IMAGE_SIZE = 512  # SD v1 was trained (and samples best) at 512 x 512
 
 
 def tokenizer_kind(tokenizer: PromptTokenizer | None) -> str | None:
@@ -86,16 +89,31 @@ def installed_clip_bpe() -> Path | None:
     return None
 
 
-def manifest(scaling_factor: float, tokenizer: PromptTokenizer | None, schedule: dict[str, Any]) -> dict[str, Any]:
+def manifest(scaling_factor: float, tokenizer: PromptTokenizer | None, schedule: dict[str, Any],
+             image_size: int = SD_V1_IMAGE_SIZE) -> dict[str, Any]:
     """The content of ``model.json``."""
     kind = tokenizer_kind(tokenizer)
+    check_image_size(image_size, "image_size")
     return {
         "format": FORMAT,
         "parts": {**{p: f"{p}.safetensors" for p in PARTS}, "tokenizer": TOKENIZER_FOLDER + "/" if kind else None},
         "tokenizer": kind,
         "scheduler": dict(schedule),
         "latent_scale": scaling_factor,
+        "image_size": image_size,
     }
+
+
+def check_image_size(value: Any, where: str) -> int:
+    """A native resolution is a positive multiple of 8 (the VAE's downsampling factor)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 8 or value % 8:
+        raise ValueError(f"{where} must be a positive int multiple of 8, got {value!r}")
+    return value
+
+
+def manifest_image_size(data: dict[str, Any], folder: PathLike) -> int:
+    """The manifest's ``image_size``; folders written before the key existed are SD v1's 512."""
+    return check_image_size(data.get("image_size", SD_V1_IMAGE_SIZE), f"image_size in {Path(folder) / MANIFEST}")
 
 
 def read_manifest(folder: PathLike) -> dict[str, Any]:
@@ -118,5 +136,10 @@ def load_model_folder(path: PathLike) -> tuple[UNet, AutoencoderKL, CLIPTextMode
         raise FileNotFoundError(
             f"{path} has no tokenizer (its {MANIFEST} says so); convert it again with one: `python -m "
             f"weights.convert {path} NEW_FOLDER --tokenizer TOKENIZER` (an SD folder's tokenizer/ or {CLIP_BPE_FILE})")
+    for part in PARTS:  # every file before any tensor: a missing VAE should not cost a U-Net load first
+        for name in (f"{part}.safetensors", f"{part}.json"):
+            if not (path / name).is_file():
+                raise WeightsFileError(f"{path} is missing {name} (the {part} part); expected the folder that "
+                                       f"`python -m weights.convert SOURCE {path}` writes")
     tokenizer = load_tokenizer(path / TOKENIZER_FOLDER)
     return load_unet(path), load_vae(path), load_text_encoder(path), tokenizer

@@ -1,0 +1,129 @@
+"""Text to image from the command line.
+
+    python -m ldm.generate --weights weights/sd-v1-5 --prompt "a photo of a cat" --seed 0 --out cat.png
+
+Several ``--prompt`` make one batch (the same seed draws one noise tensor for all of them, as the
+pipeline does) and one image at ``--out``: a grid with the prompts left to right, in the order
+given. ``--negative`` is given once (for every prompt) or once per prompt. The image is written to
+a temporary file and renamed, so an interrupted run never leaves half a PNG; the command prints
+where it wrote.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+from .images import image_grid
+from .pipeline import SAMPLERS
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def image_side(text: str) -> int:
+    value = positive_int(text)
+    if value % 8:
+        raise argparse.ArgumentTypeError(f"expected a multiple of 8 (the VAE's factor), got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or abs(value) == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ldm.generate", description=__doc__.split("\n")[0])
+    p.add_argument("--weights", required=True, type=Path, help="a model folder written by python -m weights.convert")
+    p.add_argument("--prompt", required=True, action="append", help="the text; repeat for a batch")
+    p.add_argument("--negative", action="append", help="negative prompt: once for all prompts, or once per prompt")
+    p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
+    p.add_argument("--steps", type=positive_int, default=50, help="sampling steps (default 50)")
+    p.add_argument("--guidance", type=finite_float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default ddim")
+    p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM's eta (default 0: deterministic)")
+    p.add_argument("--height", type=image_side, help="default: the model's image_size")
+    p.add_argument("--width", type=image_side, help="default: the model's image_size")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--out", type=Path, default=Path("image.png"), help="the image to write (default image.png)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def save_atomically(image: Image.Image, path: Path) -> None:
+    """Write through a temporary file in the same folder, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        image.save(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    Image.init()
+    if args.out.suffix.lower() not in Image.registered_extensions():
+        parser.error(f"--out {args.out}: unknown image type {args.out.suffix!r}; use e.g. .png or .jpg")
+    if args.negative is not None and len(args.negative) not in (1, len(args.prompt)):
+        parser.error(f"--negative given {len(args.negative)} times; give it once or once per --prompt "
+                     f"({len(args.prompt)})")
+    if not args.weights.is_dir():
+        parser.error(f"--weights {args.weights} is not a folder")
+    if args.sampler == "ddpm" and args.eta:
+        parser.error("--eta applies to --sampler ddim only")
+
+    from weights.io import WeightsFileError
+
+    from .pipeline import StableDiffusion
+
+    negative = args.negative[0] if args.negative and len(args.negative) == 1 else args.negative
+    try:
+        pipe = StableDiffusion.from_folder(args.weights, device=args.device)
+        result = pipe.text_to_image(args.prompt, negative_prompt=negative, guidance_scale=args.guidance,
+                                    steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
+                                    height=args.height, width=args.width, progress=not args.quiet)
+    except (ValueError, FileNotFoundError, WeightsFileError, json.JSONDecodeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    images = result.to_pil()
+    save_atomically(images[0] if len(images) == 1 else image_grid(images), args.out)
+    what = "image" if len(images) == 1 else f"grid of {len(images)} images, left to right: {args.prompt}"
+    print(f"wrote {args.out} ({what})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

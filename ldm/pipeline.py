@@ -1,0 +1,341 @@
+"""The Stable Diffusion v1 text-to-image pipeline: prompt -> context, noise -> latents -> image.
+
+A latent diffusion model (Rombach et al. 2022) runs the diffusion process on the VAE's latents
+z = scale * E(x) instead of on pixels, and conditions the denoiser on the text through
+cross-attention on tau(y), the CLIP text encoder's last hidden state (LDM Eq. 3):
+
+    context = tau(y)                       (B, 77, D)      tokenizer + CLIP text encoder
+    z_T ~ N(0, I)                          (B, 4, H/8, W/8) one randn of the whole batch
+    for t in tau_N > ... > tau_1:          the DDIM sub-sequence (leading spacing, offset 1)
+        eps = eps(z_t) + s (eps(z_t, y) - eps(z_t))        classifier-free guidance, Ho & Salimans Eq. 6
+        z_t' = DDIM step (Song et al. Eq. 12), or a DDPM ancestral step (Ho et al. Eq. 11)
+    x = D(z_0 / scale)                     (B, 3, H, W)    VAE decoder, [-1, 1] -> [0, 1]
+
+Classifier-free guidance evaluates the U-Net once on the batch [uncond..., cond...] (unconditional
+half first, as in diffusers and Prompt-to-Prompt), so an editor passed to the U-Net sees 2B items:
+item i < B is prompt i's unconditional branch, item B + i its conditional one. ``guidance_scale``:
+
+- s = 1 is the conditional model alone: one U-Net call on the B conditional items, no uncond;
+- s > 1 (SD's default 7.5) extrapolates away from the unconditional prediction;
+- s < 1 is allowed for sampling (s = 0 is the unconditional model), where diffusers silently
+  switches guidance off for any s <= 1; DDIM inversion refuses it (see :meth:`StableDiffusion.invert`).
+
+Seeds follow diffusers on the CPU: ``torch.Generator().manual_seed(seed)``, one ``randn`` of the
+whole latent batch, then the sampler's step noise (DDPM, or DDIM with eta > 0) from the same
+generator. So the same weights, prompts and seed give diffusers' image (tests/test_pipeline.py).
+
+Sizes: the VAE divides H and W by f = 8 and the U-Net by 2^(levels - 1) more, so H and W must be
+multiples of 64 for SD v1 (32 for the tiny test configs); diffusers' U-Net pads odd sizes, this
+one does not.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from ddim.inversion import ddim_invert_step
+from ddim.sampler import ddim_step, resolve_final_alpha_bar
+from ddpm.checks import check_choice
+from ddpm.guidance import classifier_free_guidance
+from ddpm.reverse import ddpm_step, initial_noise
+from ddpm.schedule import NoiseSchedule, make_timesteps, previous_timesteps
+from unet.editor import Editor
+from unet.model import UNet
+
+from .clip_text import CLIPTextModel
+from .images import ImageLike, load_image, to_pil
+from .tokenizer import PromptTokenizer
+from .vae import AutoencoderKL
+
+SAMPLERS = ("ddim", "ddpm")
+
+
+def schedule_from_settings(settings: dict[str, Any]) -> tuple[NoiseSchedule, int, str]:
+    """A manifest's ``scheduler`` dict -> (training schedule, steps_offset, timestep spacing)."""
+    name = settings.get("beta_schedule", "scaled_linear")
+    kwargs = {k: settings[k] for k in ("beta_start", "beta_end") if k in settings and name != "cosine"}
+    schedule = NoiseSchedule.from_name(name, settings.get("num_train_timesteps", 1000), **kwargs)
+    return schedule, int(settings.get("steps_offset", 1)), settings.get("timestep_spacing", "leading")
+
+
+def check_guidance_scale(guidance_scale: float) -> float:
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+    return float(guidance_scale)
+
+
+def check_sampler(sampler: str, eta: float) -> None:
+    check_choice("sampler", sampler, SAMPLERS)
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta >= 0:
+        raise ValueError(f"eta must be a number >= 0, got {eta!r}")
+    if sampler == "ddpm" and eta != 0:
+        raise ValueError(f"eta={eta} applies to the DDIM sampler only; the DDPM sampler is DDIM's eta = 1")
+
+
+@dataclass
+class GenerationResult:
+    """What :meth:`StableDiffusion.text_to_image` returns."""
+
+    images: torch.Tensor  # (B, 3, H, W) float in [0, 1]
+    latents: torch.Tensor  # (B, 4, H/8, W/8): the final z_0, before the VAE decoder
+
+    def to_pil(self) -> list[Image.Image]:
+        return to_pil(self.images)
+
+
+class StableDiffusion:
+    """The three networks, the tokenizer and the noise schedule of one model, and the loops over them."""
+
+    def __init__(self, unet: UNet, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: PromptTokenizer,
+                 schedule: NoiseSchedule, steps_offset: int = 1, image_size: int = 512,
+                 spacing: str = "leading", device: torch.device | str = "cpu") -> None:
+        u, v, c = unet.config, vae.config, text_encoder.config
+        if u.in_channels != v.latent_channels or u.cross_attention_dim != c.hidden_size:
+            raise ValueError(f"the parts do not fit: U-Net in_channels {u.in_channels} / cross_attention_dim "
+                             f"{u.cross_attention_dim}, VAE latent_channels {v.latent_channels}, text hidden_size "
+                             f"{c.hidden_size}; expected in_channels = latent_channels and cross_attention_dim = hidden_size")
+        self.device = torch.device(device)
+        self.unet, self.vae = unet.to(self.device).eval(), vae.to(self.device).eval()
+        self.text_encoder, self.tokenizer = text_encoder.to(self.device).eval(), tokenizer
+        self.schedule, self.steps_offset, self.spacing = schedule, steps_offset, spacing
+        self.final_alpha_bar = resolve_final_alpha_bar(schedule, None)  # SD v1: alpha_bar[0], not 1
+        self.latent_factor = v.downsample_factor  # 8
+        self.size_multiple = v.downsample_factor * u.downsample_factor  # 64 for SD v1, 32 for the tiny configs
+        if image_size % self.size_multiple:
+            raise ValueError(f"image_size {image_size} is not a multiple of {self.size_multiple}")
+        self.image_size = image_size
+
+    @classmethod
+    def from_folder(cls, path: str | Path, device: torch.device | str = "cpu") -> "StableDiffusion":
+        """A model folder written by ``python -m weights.convert`` (see :mod:`weights.model_folder`)."""
+        from weights.model_folder import load_model_folder, manifest_image_size, read_manifest
+
+        data = read_manifest(path)
+        schedule, steps_offset, spacing = schedule_from_settings(data["scheduler"])
+        image_size = manifest_image_size(data, path)
+        unet, vae, text_encoder, tokenizer = load_model_folder(path)
+        return cls(unet, vae, text_encoder, tokenizer, schedule, steps_offset, image_size, spacing, device)
+
+    # ------------------------------------------------------------------ pieces
+    def timesteps(self, steps: int) -> torch.Tensor:
+        """The descending timesteps a sampler of ``steps`` steps visits (981, 961, ..., 1 for SD v1 and 50)."""
+        return make_timesteps(steps, self.schedule.num_train_timesteps, self.spacing, self.steps_offset)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """tau(y): the text encoder's last hidden state (B, 77, D). Over-long prompts are truncated
+        to 75 tokens with a warning (from the tokenizer)."""
+        ids = self.tokenizer(prompts).to(self.device)  # (B, 77)
+        with torch.no_grad():
+            return self.text_encoder(ids).last_hidden_state  # (B, 77, D)
+
+    def _check_context(self, context: torch.Tensor, batch: int, name: str, allow_one: bool = False) -> None:
+        D = self.unet.config.cross_attention_dim
+        ok = isinstance(context, torch.Tensor) and context.ndim == 3 and context.shape[-1] == D
+        if not ok or context.shape[0] not in ((batch, 1) if allow_one else (batch,)):
+            got = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
+            raise ValueError(f"{name} must be ({batch}{' or 1' if allow_one else ''}, tokens, {D}), got {got}")
+
+    def _check_latents(self, latents: torch.Tensor) -> None:
+        c, f = self.unet.config.in_channels, self.unet.config.downsample_factor
+        if not isinstance(latents, torch.Tensor) or latents.ndim != 4 or latents.shape[1] != c:
+            got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise ValueError(f"latents must be (B, {c}, h, w), got {got}")
+        if latents.shape[-2] % f or latents.shape[-1] % f:
+            raise ValueError(f"latents of size {tuple(latents.shape[-2:])} do not divide by the U-Net's factor {f}")
+
+    def predict_noise(self, latents: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor | None,
+                      guidance_scale: float, editor: Editor | None = None) -> torch.Tensor:
+        """The guided eps (B, 4, h, w) at timestep t: one U-Net call on [uncond..., cond...] (2B items),
+        then Eq. 6; with ``guidance_scale == 1`` one call on the B conditional items, ``uncond`` unused.
+        ``uncond`` may have batch 1 (one null-text embedding for every prompt)."""
+        s = check_guidance_scale(guidance_scale)
+        if s == 1:
+            return self.unet(latents, t, cond, editor)  # (B, 4, h, w)
+        if uncond is None:
+            raise ValueError(f"guidance_scale={s} needs the unconditional context uncond; got None")
+        B = latents.shape[0]
+        context = torch.cat([uncond.expand(B, -1, -1), cond])  # (2B, 77, D): unconditional half first
+        eps = self.unet(torch.cat([latents, latents]), t, context, editor)  # (2B, 4, h, w)
+        eps_uncond, eps_cond = eps.chunk(2)  # (B, 4, h, w) each
+        return classifier_free_guidance(eps_uncond, eps_cond, s)  # (B, 4, h, w)
+
+    # ------------------------------------------------------------------ loops
+    @torch.no_grad()
+    def denoise(self, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None = None, *,
+                steps: int = 50, guidance_scale: float = 7.5, sampler: str = "ddim", eta: float = 0.0,
+                generator: torch.Generator | None = None, editor: Editor | None = None, progress: bool = True,
+                start_step: int = 0, uncond_per_step: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Run the sampler from ``latents`` (at ``timesteps(steps)[start_step]``) to z_0 (B, 4, h, w).
+
+        ``start_step > 0`` skips the first steps (image-to-image, SDEdit: start from a noised image).
+        ``uncond_per_step``, one context per step (indexed by the step number i, so ``steps`` of
+        them; batch B or 1), replaces ``uncond`` step by step: null-text inversion's optimised
+        embeddings. The editor's ``begin_step(i, t)`` runs before step i and
+        ``latents = editor.end_step(latents, i, t)`` after it. Step noise (DDPM, DDIM with eta > 0)
+        comes from ``generator``.
+        """
+        timesteps = self.timesteps(steps)
+        check_sampler(sampler, eta)
+        s = check_guidance_scale(guidance_scale)
+        if isinstance(start_step, bool) or not isinstance(start_step, int) or not 0 <= start_step < steps:
+            raise ValueError(f"start_step must be an int in [0, {steps - 1}] for steps={steps}, got {start_step!r}")
+        self._check_latents(latents)
+        B = latents.shape[0]
+        self._check_context(cond, B, "cond")
+        if uncond is not None and uncond_per_step is not None:
+            raise ValueError("give uncond or uncond_per_step, not both")
+        if uncond_per_step is not None:
+            if len(uncond_per_step) != steps:
+                raise ValueError(f"uncond_per_step has {len(uncond_per_step)} entries, expected one per step ({steps})")
+            for i, u in enumerate(uncond_per_step):
+                self._check_context(u, B, f"uncond_per_step[{i}]", allow_one=True)
+        elif uncond is not None:
+            self._check_context(uncond, B, "uncond", allow_one=True)
+        elif s != 1:
+            raise ValueError(f"guidance_scale={s} needs the unconditional context: pass uncond (or uncond_per_step)")
+        if editor is not None and not isinstance(editor, Editor):
+            raise TypeError(f"editor must be an unet.Editor or None, got {type(editor).__name__}")
+
+        latents = latents.to(self.device)
+        pairs = list(zip(timesteps.tolist(), previous_timesteps(timesteps).tolist()))
+        for i in tqdm(range(start_step, steps), desc=sampler.upper(), disable=not progress):
+            t, t_prev = pairs[i]
+            if editor is not None:
+                editor.begin_step(i, t)
+            u = uncond_per_step[i] if uncond_per_step is not None else uncond
+            eps = self.predict_noise(latents, t, cond, u, s, editor)  # (B, 4, h, w)
+            if sampler == "ddim":
+                latents = ddim_step(self.schedule, eps, latents, t, t_prev, eta=eta,
+                                    final_alpha_bar=self.final_alpha_bar, generator=generator).sample
+            else:  # the respaced posterior of the jump t -> t_prev, sigma^2 = beta_tilde (fixed_small)
+                latents = ddpm_step(self.schedule, eps, latents, t, t_prev, generator=generator).sample
+            if editor is not None:
+                new = editor.end_step(latents, i, t)
+                if not isinstance(new, torch.Tensor) or new.shape != latents.shape:
+                    got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+                    raise ValueError(f"editor.end_step returned {got} at step {i}, expected {tuple(latents.shape)}")
+                latents = new
+        return latents
+
+    @torch.no_grad()
+    def invert(self, latents: torch.Tensor, cond: torch.Tensor, *, steps: int = 50, guidance_scale: float = 1.0,
+               uncond: torch.Tensor | None = None, progress: bool = True) -> list[torch.Tensor]:
+        """DDIM inversion (ddim/inversion.py) of image latents z_0 under the prompt context ``cond``.
+
+        Returns [z_0, z_{tau_1}, ..., z_{tau_N}]: ``result[-1]`` is the z_T to hand to :meth:`denoise`
+        with the same ``steps``, and ``result[-1 - i]`` is where step i of that sampling should land.
+        Null-text inversion and Plug-and-Play invert with s = 1 (the conditional model alone), the
+        default. s > 1 needs ``uncond``. s < 1 is an error: it would extrapolate *toward* the
+        unconditional model, away from the prompt, which no inversion method here wants, and the
+        trajectory it produces is not one that guided sampling retraces.
+        """
+        s = check_guidance_scale(guidance_scale)
+        if s < 1:
+            raise ValueError(f"guidance_scale={s} < 1 is not allowed for inversion: it extrapolates toward the "
+                             f"unconditional model; invert with 1 (the default) or more")
+        timesteps = self.timesteps(steps)
+        self._check_latents(latents)
+        self._check_context(cond, latents.shape[0], "cond")
+        if s != 1:
+            if uncond is None:
+                raise ValueError(f"guidance_scale={s} needs the unconditional context uncond; got None")
+            self._check_context(uncond, latents.shape[0], "uncond", allow_one=True)
+        ascending = list(zip(timesteps.tolist(), previous_timesteps(timesteps).tolist()))[::-1]
+        x = latents.to(self.device)
+        trajectory = [x]
+        for t, t_prev in tqdm(ascending, desc="DDIM inversion", disable=not progress):
+            eps = self.predict_noise(x, t, cond, uncond, s)  # eps(z_{t_prev}, t), (B, 4, h, w)
+            x = ddim_invert_step(self.schedule, eps, x, t_prev, t, final_alpha_bar=self.final_alpha_bar).sample
+            trajectory.append(x)
+        return trajectory
+
+    # ------------------------------------------------------------------ text to image
+    def _latent_shape(self, batch: int, height: int | None, width: int | None,
+                      latents: torch.Tensor | None) -> tuple[int, int, int, int]:
+        f, m = self.latent_factor, self.size_multiple
+        if latents is not None:
+            self._check_latents(latents)
+            height = latents.shape[-2] * f if height is None else height
+            width = latents.shape[-1] * f if width is None else width
+        height = self.image_size if height is None else height
+        width = self.image_size if width is None else width
+        for name, value in (("height", height), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < m or value % m:
+                raise ValueError(f"{name}={value!r} must be a positive multiple of {m} (the VAE divides sizes by "
+                                 f"{f}, the U-Net by {m // f} more)")
+        shape = (batch, self.unet.config.in_channels, height // f, width // f)
+        if latents is not None and tuple(latents.shape) != shape:
+            raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape} for {batch} prompts "
+                             f"at {height}x{width}")
+        return shape
+
+    @torch.no_grad()
+    def text_to_image(self, prompts: Sequence[str], negative_prompt: str | Sequence[str] | None = None,
+                      guidance_scale: float = 7.5, steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
+                      seed: int | None = None, generator: torch.Generator | None = None,
+                      latents: torch.Tensor | None = None, height: int | None = None, width: int | None = None,
+                      editor: Editor | None = None, progress: bool = True) -> GenerationResult:
+        """Images (B, 3, H, W) in [0, 1] for B prompts; see the module docstring for the maths.
+
+        ``negative_prompt`` (one string for all, or one per prompt) replaces "" as the unconditional
+        text (unused when guidance_scale == 1). The start z_T is ``latents`` if given, else one
+        ``randn`` of (B, 4, H/8, W/8) from ``generator`` or ``torch.Generator().manual_seed(seed)``.
+        ``height``/``width`` default to the model's ``image_size``.
+        """
+        PromptTokenizer._check_prompts(prompts)
+        B = len(prompts)
+        if negative_prompt is None or isinstance(negative_prompt, str):
+            negatives = [negative_prompt or ""] * B
+        else:
+            negatives = list(negative_prompt)
+            if len(negatives) != B:
+                raise ValueError(f"negative_prompt has {len(negatives)} entries, expected one per prompt ({B}) or one str")
+            PromptTokenizer._check_prompts(negatives)
+        # Check everything denoise() would, before the text encoder and the first randn run.
+        self.timesteps(steps)
+        check_sampler(sampler, eta)
+        s = check_guidance_scale(guidance_scale)
+        if seed is not None and generator is not None:
+            raise ValueError("give seed or generator, not both")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        shape = self._latent_shape(B, height, width, latents)
+
+        cond = self.encode_prompts(list(prompts))  # (B, 77, D)
+        uncond = self.encode_prompts(negatives) if s != 1 else None  # (B, 77, D)
+        if latents is None:
+            if seed is not None:
+                generator = torch.Generator().manual_seed(seed)
+            latents = initial_noise(shape, None, generator, torch.float32, self.device)  # (B, 4, h, w)
+        z0 = self.denoise(latents, cond, uncond, steps=steps, guidance_scale=s, sampler=sampler, eta=eta,
+                          generator=generator, editor=editor, progress=progress)
+        return GenerationResult(self.decode(z0), z0)
+
+    # ------------------------------------------------------------------ images <-> latents
+    @torch.no_grad()
+    def encode_image(self, image: ImageLike | Sequence[ImageLike], height: int | None = None,
+                     width: int | None = None) -> torch.Tensor:
+        """Image(s) -> z_0 = scale * mean of q(z | x), (B, 4, H/8, W/8). Any input of
+        :func:`ldm.images.load_image`; sizes go to a multiple of ``size_multiple`` (with a warning).
+        A list of images must come out at one size (pass height and width)."""
+        images = image if isinstance(image, (list, tuple)) else [image]
+        if not images:
+            raise ValueError("encode_image needs at least one image, got an empty list")
+        x = [load_image(im, height, width, multiple=self.size_multiple) for im in images]  # each (1, 3, H, W)
+        sizes = sorted({tuple(im.shape[-2:]) for im in x})
+        if len(sizes) > 1:
+            raise ValueError(f"the images come out at different sizes {sizes}; pass height and width")
+        x = torch.cat(x).to(self.device)  # (B, 3, H, W) in [0, 1]
+        return self.vae.encode_to_latents(2 * x - 1)  # (B, 4, H/8, W/8)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """z_0 (B, 4, h, w) -> images (B, 3, 8h, 8w) in [0, 1]."""
+        x = self.vae.decode_latents(latents.to(self.device))  # (B, 3, 8h, 8w), roughly [-1, 1]
+        return (x / 2 + 0.5).clamp(0, 1)
