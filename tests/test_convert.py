@@ -30,6 +30,8 @@ from weights import clip_loading, original_unet, original_vae
 from weights.convert import convert, export_diffusers, main
 from weights.checks import WeightsMismatchError
 from weights.io import WeightsFileError, write_safetensors
+from weights.unet_loading import save_unet
+from weights.vae_loading import save_vae
 from weights.model_folder import SD_V1_SCHEDULE, load_model_folder, manifest, read_manifest
 
 # CLIPTextConfig.tiny() has 1000 ids; CLIP's real tokenizer needs 49408 (and eos 49407) to fit.
@@ -170,6 +172,36 @@ def test_image_size_survives_project_to_diffusers_to_project(original_file, toke
     assert read_manifest(back)["image_size"] == 96
 
 
+def test_a_word_tokenizer_model_exports_to_diffusers_and_back(models, workdir):
+    # The toy model's tokenizer has no transformers class: the diffusers folder keeps it as
+    # words.json, lists no tokenizer, and diffusers' pipeline runs on prompt embeddings.
+    words = WordTokenizer(["big", "red", "circle"])  # ids 0-2, then <pad> 3, <bos> 4, <eos> 5
+    text = dataclasses.replace(TEXT, vocab_size=words.vocab_size, bos_token_id=words.bos_id,
+                               eos_token_id=words.eos_id, pad_token_id=words.pad_id)
+    torch.manual_seed(5)
+    text_encoder = CLIPTextModel(text)
+    project = workdir / "words-project"
+    clip_loading.save_text_encoder(text_encoder, project)
+    save_unet(models["unet"], project)
+    save_vae(models["vae"], project)
+    words.save(project / "tokenizer")
+    (project / "model.json").write_text(json.dumps(manifest(0.18215, words, SD_V1_SCHEDULE, image_size=64)))
+
+    lines = []
+    exported = convert(project, workdir / "words-diffusers", to="diffusers", log=lines.append)
+    assert any("words.json" in line and "prompt_embeds" in line for line in lines)
+    assert json.loads((exported / "model_index.json").read_text())["tokenizer"] == [None, None]
+    pipe = StableDiffusionPipeline.from_pretrained(exported, safety_checker=None, tokenizer=None)
+    ids = words(["big red circle"])  # (1, 77)
+    with torch.no_grad():
+        context = text_encoder(ids).last_hidden_state
+        torch.testing.assert_close(pipe.text_encoder(ids).last_hidden_state, context, rtol=0,
+                                   atol=1e-5 * context.abs().max().item())  # fp32 rounding, as above
+    back = convert(exported, workdir / "words-back", log=lambda line: None)
+    assert load_model_folder(back)[3].words == words.words
+    assert read_manifest(back)["image_size"] == 64
+
+
 def test_refuses_a_non_empty_dest_unless_forced(original_file, tokenizer_folder, workdir):
     dest = workdir / "occupied"
     dest.mkdir()
@@ -265,10 +297,6 @@ def test_bad_input(original_file, diffusers_folder, workdir, capsys):
     (workdir / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="empty holds no tokenizer"):
         convert(original_file, workdir / "out", tokenizer=workdir / "empty", configs=CONFIGS, log=lambda line: None)
-    WordTokenizer(["big", "red", "circle"]).save(workdir / "words")
-    with pytest.raises(ValueError, match="reads only CLIP BPE tokenizers, and .* is a WordTokenizer"):
-        convert(original_file, workdir / "out", to="diffusers", tokenizer=workdir / "words", configs=CONFIGS,
-                log=lambda line: None)
     with pytest.raises(WeightsFileError, match="clip-tokenizer has no model.json"):
         load_model_folder(workdir / "clip-tokenizer")
     with pytest.raises(ValueError, match="must be a CLIPTokenizer or a WordTokenizer, got object"):

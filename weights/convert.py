@@ -201,9 +201,7 @@ def convert(
     sources = {c.name: find_source(source, c.name, c.diffusers_weights, c.original_prefix) for c in COMPONENTS}
     configs = {c.name: resolve_config(c, sources[c.name], configs.get(c.name)) for c in COMPONENTS}
     tok = find_tokenizer(source, layout, tokenizer, log)
-    if to == "diffusers" and tok is not None and not isinstance(tok, CLIPTokenizer):
-        raise ValueError(f"diffusers' pipeline reads only CLIP BPE tokenizers, and {source}'s is a "
-                         f"{type(tok).__name__}; convert to the project's layout instead")
+    words_only = to == "diffusers" and tok is not None and not isinstance(tok, CLIPTokenizer)
     check_parts_fit(configs, tok)
     for c in COMPONENTS:
         check_header(c, sources[c.name], configs[c.name])
@@ -225,7 +223,11 @@ def convert(
                 tok.save(tmp / TOKENIZER_FOLDER)
             write_json(manifest(configs["vae"].scaling_factor, tok, schedule, image_size), tmp / MANIFEST)
         else:
-            write_diffusers_extras(tmp, tok, schedule)
+            write_diffusers_extras(tmp, None if words_only else tok, schedule)
+            if words_only:  # the toy model's word tokenizer: transformers has no such class
+                tok.save(tmp / TOKENIZER_FOLDER)
+                log(f"  tokenizer: {type(tok).__name__} kept as {TOKENIZER_FOLDER}/words.json; model_index.json "
+                    f"lists none: load it with from_pretrained(folder, tokenizer=None) and call it with prompt_embeds")
             unet_config = read_json(tmp / "unet" / DIFFUSERS_CONFIG)  # diffusers' default sampling size
             write_json({**unet_config, "sample_size": image_size // configs["vae"].downsample_factor},
                        tmp / "unet" / DIFFUSERS_CONFIG)
