@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test demo bench notebooks clean
+.PHONY: setup test demo demo-2d bench notebooks clean
 
 # Idempotent: re-installs only when pyproject.toml or constraints.txt changed.
 setup: $(STAMP)
@@ -18,6 +18,9 @@ test: setup
 	$(PY) -m pytest
 
 demo: setup
+	$(PY) -m toyworld.demo --out outputs/demo_toy.png
+
+demo-2d: setup
 	$(PY) -m ddpm.demo --out outputs/demo_2d.png
 
 bench: setup
