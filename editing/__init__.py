@@ -1,4 +1,14 @@
-"""Image editing inside the U-Net: Prompt-to-Prompt's token maps (more editors to come)."""
+"""Image editing inside the U-Net, written against the :class:`unet.Editor` hooks.
+
+- ``token_maps``: which source token's attention each target token takes (word swap, refinement,
+  re-weighting);
+- ``attention_store``: the running average of the attention maps, aggregated per resolution;
+- ``prompt_to_prompt``: Prompt-to-Prompt's controller (Hertz et al. 2022) and local blending.
+"""
+from .attention_store import AttentionStore, select_sites
+from .prompt_to_prompt import EditResult, LocalBlend, PromptToPrompt, prompt_to_prompt
 from .token_maps import equalizer, needleman_wunsch, refinement_map, refinement_maps, replacement_map, replacement_maps
 
-__all__ = ["equalizer", "needleman_wunsch", "refinement_map", "refinement_maps", "replacement_map", "replacement_maps"]
+__all__ = ["AttentionStore", "EditResult", "LocalBlend", "PromptToPrompt", "equalizer", "needleman_wunsch",
+           "prompt_to_prompt", "refinement_map", "refinement_maps", "replacement_map", "replacement_maps",
+           "select_sites"]
