@@ -3,12 +3,17 @@
 - ``token_maps``: which source token's attention each target token takes (word swap, refinement,
   re-weighting);
 - ``attention_store``: the running average of the attention maps, aggregated per resolution;
-- ``prompt_to_prompt``: Prompt-to-Prompt's controller (Hertz et al. 2022) and local blending.
+- ``prompt_to_prompt``: Prompt-to-Prompt's controller (Hertz et al. 2022) and local blending;
+- ``attention_maps``: figures of the stored maps: per-token cross-attention, self-attention
+  components, the edit grid.
 """
+from .attention_maps import (SelfAttentionComponents, edit_grid, heatmaps, self_attention_components,
+                             self_attention_figure, token_heatmaps, token_maps)
 from .attention_store import AttentionStore, select_sites
 from .prompt_to_prompt import EditResult, LocalBlend, PromptToPrompt, prompt_to_prompt
 from .token_maps import equalizer, needleman_wunsch, refinement_map, refinement_maps, replacement_map, replacement_maps
 
-__all__ = ["AttentionStore", "EditResult", "LocalBlend", "PromptToPrompt", "equalizer", "needleman_wunsch",
+__all__ = ["SelfAttentionComponents", "edit_grid", "heatmaps", "self_attention_components", "self_attention_figure",
+           "token_heatmaps", "token_maps", "AttentionStore", "EditResult", "LocalBlend", "PromptToPrompt", "equalizer", "needleman_wunsch",
            "prompt_to_prompt", "refinement_map", "refinement_maps", "replacement_map", "replacement_maps",
            "select_sites"]
