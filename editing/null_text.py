@@ -99,15 +99,19 @@ def _check_optimiser(inner_steps: Any, learning_rate: Any, early_stop: Any) -> N
     _check_real("early_stop", early_stop, 0.0, strict=False)
 
 
+def _check_guidance(guidance_scale: Any) -> float:
+    s = check_guidance_scale(guidance_scale)  # a finite number
+    if s < 1:
+        raise ValueError(f"guidance_scale must be >= 1 for an inversion (1 is the conditional model alone), got {s}")
+    return s
+
+
 def _check_common(prompt: Any, steps: Any, guidance_scale: Any) -> float:
     """The checks every inversion shares; returns the guidance scale as a float."""
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be a str, got {type(prompt).__name__}: {prompt!r}")
     _check_int("steps", steps, 1)
-    s = check_guidance_scale(guidance_scale)
-    if s < 1:
-        raise ValueError(f"guidance_scale must be >= 1 for an inversion (1 is the conditional model alone), got {s}")
-    return s
+    return _check_guidance(guidance_scale)
 
 
 def image_latents(sd: StableDiffusion, image_or_latents: Any) -> torch.Tensor:
@@ -181,7 +185,7 @@ def optimise_null_text(sd: StableDiffusion, latents: Sequence[torch.Tensor], con
     (``native_convs(tiny_convs(...))``) that ``denoise`` picks, so the advancing step rounds as
     ``denoise`` will: ``trajectory[-1]`` is bit for bit ``Inversion.reconstruct``'s z_0 (tested).
     """
-    s = check_guidance_scale(guidance_scale)
+    s = _check_guidance(guidance_scale)
     _check_optimiser(inner_steps, learning_rate, early_stop)
     steps = len(latents) - 1
     timesteps = sd.timesteps(steps)

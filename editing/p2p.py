@@ -200,10 +200,10 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if not args.weights.is_dir():
         parser.error(f"--weights {args.weights} is not a folder")
     if args.image is not None:
-        from ldm.images import read_image_file
+        from ldm.images import to_rgb_tensor
 
         try:
-            read_image_file(args.image)
+            to_rgb_tensor(args.image)  # read and converted to RGB as sampling will, the size left for later
         except (FileNotFoundError, ValueError) as e:
             parser.error(f"--image: {e}")
 

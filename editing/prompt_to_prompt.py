@@ -27,12 +27,17 @@ Local blending (the official code's ``LocalBlend``, section 3.2 "Local editing" 
 after each step from ``blend_start``, a mask is made from the cross-attention of ``blend_words``
 (in the source OR in the target), and outside it the target's latents are set to the source's:
 
-    alpha  = max-pool_3x3( sum over the words' tokens of M_bar )     at size ``blend_size``
+    alpha  = max-pool_k( sum over the words' tokens of M_bar )       at size ``blend_size``
     mask   = upsample(alpha) / max(alpha) > threshold  (0.3),  OR-ed with the source's mask
     z*_t  <- z_t + mask * (z*_t - z_t)
 
 Only the conditional half of the guidance batch is edited, the source (prompt 0) is never
 changed, and this file only touches attention maps through the :class:`unet.Editor` hooks.
+
+The max-pool dilates the mask by ``blend_dilation`` of the latent side: the official code pools
+SD's 16x16 maps with a 3x3 window (radius 1 cell, 4 of the 64 latent pixels, 1/16); a fixed 3x3
+window on the toy model's 4x4 maps would dilate by a quarter of the image and cover all of it,
+so the radius is k = round(blend_dilation x map side): 1 on SD at 512x512, 0 on the toy model.
 """
 from __future__ import annotations
 
@@ -145,12 +150,14 @@ class LocalBlend:
     size: float
     start: int
     threshold: float = 0.3
+    dilation: float = 1 / 16
 
     def mask(self, store: AttentionStore, shape: tuple[int, int]) -> torch.Tensor:
         """(B, 1, h, w) of 0/1: prompt b's mask OR the source's, at the latent size ``shape``."""
         maps = store.aggregate("cross", self.size, locations=("down", "up"), current=True)  # (B, m, n, L)
         alpha = (maps * self.alphas[:, None, None, :].to(maps)).sum(-1)  # (B, m, n): the words' attention
-        alpha = F.max_pool2d(alpha[:, None], kernel_size=3, stride=1, padding=1)  # (B, 1, m, n), dilated by 1
+        k = round(self.dilation * max(alpha.shape[-2:]))  # the pooling radius in cells
+        alpha = F.max_pool2d(alpha[:, None], kernel_size=2 * k + 1, stride=1, padding=k)  # (B, 1, m, n), dilated by k
         alpha = F.interpolate(alpha, size=shape, mode="nearest")  # (B, 1, h, w)
         alpha = alpha / alpha.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)  # (B, 1, h, w), max 1
         mask = alpha > self.threshold  # (B, 1, h, w)
@@ -180,7 +187,8 @@ class PromptToPrompt(Editor):
                  mode: str | None = "replace", reweight: Mapping[str, float] | None = None,
                  cross_replace_steps: StepsSpec = 0.8, self_replace_steps: float | tuple[float, float] = 0.4,
                  self_max_size: float = 0.25, blend_words: Sequence[str] | None = None, blend_threshold: float = 0.3,
-                 blend_start: float = 0.2, blend_size: float = 0.25, store: AttentionStore | None = None) -> None:
+                 blend_start: float = 0.2, blend_size: float = 0.25, blend_dilation: float = 1 / 16,
+                 store: AttentionStore | None = None) -> None:
         if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or len(prompts) < 2:
             raise ValueError(f"Prompt-to-Prompt needs a list of at least two prompts (the source, then the "
                              f"targets), got {prompts!r}")
@@ -216,7 +224,10 @@ class PromptToPrompt(Editor):
                 raise ValueError(f"blend_threshold must be in [0, 1), got {blend_threshold!r}")
             start, _ = step_window("blend_start", (blend_start, 1.0) if isinstance(blend_start, (int, float)) else blend_start, steps)
             size = nearest_size(sites, blend_size)
-            self.blend = LocalBlend(word_alphas(tokenizer, prompts, blend_words), size, start, float(blend_threshold))
+            if isinstance(blend_dilation, bool) or not isinstance(blend_dilation, (int, float)) or not 0 <= blend_dilation <= 1:
+                raise ValueError(f"blend_dilation must be a fraction of the latent side in [0, 1], got {blend_dilation!r}")
+            self.blend = LocalBlend(word_alphas(tokenizer, prompts, blend_words), size, start, float(blend_threshold),
+                                    float(blend_dilation))
             if self.store is None:
                 self.store = AttentionStore(self.batch, cross_max_size=size, self_max_size=0)
             elif not self.store.max_size["cross"] >= size:
@@ -302,7 +313,8 @@ def prompt_to_prompt(sd, prompts: Sequence[str], *, mode: str | None = "replace"
                      reweight: Mapping[str, float] | None = None, cross_replace_steps: StepsSpec = 0.8,
                      self_replace_steps: float | tuple[float, float] = 0.4, self_max_size: float = 0.25,
                      blend_words: Sequence[str] | None = None, blend_threshold: float = 0.3, blend_start: float = 0.2,
-                     blend_size: float = 0.25, store: AttentionStore | None = None, guidance_scale: float = 7.5,
+                     blend_size: float = 0.25, blend_dilation: float = 1 / 16, store: AttentionStore | None = None,
+                     guidance_scale: float = 7.5,
                      steps: int = 50, seed: int | None = None, generator: torch.Generator | None = None,
                      latents: torch.Tensor | None = None, inversion=None, progress: bool = True) -> EditResult:
     """Sample ``prompts`` = [source, targets...] from one starting latent with a :class:`PromptToPrompt` editor.
@@ -316,7 +328,7 @@ def prompt_to_prompt(sd, prompts: Sequence[str], *, mode: str | None = "replace"
                             reweight=reweight, cross_replace_steps=cross_replace_steps,
                             self_replace_steps=self_replace_steps, self_max_size=self_max_size,
                             blend_words=blend_words, blend_threshold=blend_threshold, blend_start=blend_start,
-                            blend_size=blend_size, store=store)
+                            blend_size=blend_size, blend_dilation=blend_dilation, store=store)
     B = len(prompts)
     s = check_guidance_scale(guidance_scale)
     with torch.no_grad():

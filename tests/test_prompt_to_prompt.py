@@ -256,9 +256,15 @@ def test_local_blending_keeps_the_source_outside_the_words_attention():
     probs[2, 0, 5, 4] = 1.0  # ... but the source's pixel (1, 1) attends to "circle"
     store.record(probs, site)
     store.end_step(torch.zeros(2, 4, 8, 8), 0, 0)
-    blend = LocalBlend(word_alphas(TOK, [SOURCE, TARGET], ["circle", "square"]), 0.5, 0)
+    words = word_alphas(TOK, [SOURCE, TARGET], ["circle", "square"])
+    # the default dilation, 1/16 of the side, is radius round(4 / 16) = 0 cells on a 4x4 map:
+    # the hot pixel (1, 1) alone, upsampled x2 -> latent rows/cols 2..3
+    expected = torch.zeros(8, 8)
+    expected[2:4, 2:4] = 1
+    assert torch.equal(LocalBlend(words, 0.5, 0).mask(store, (8, 8))[0, 0], expected)
+    # dilation 1/4: radius 1, a 3x3 max-pool -> rows/cols 0..2, upsampled x2 -> 0..5
+    blend = LocalBlend(words, 0.5, 0, dilation=0.25)
     mask = blend.mask(store, (8, 8))  # (2, 1, 8, 8)
-    # the 4x4 map with one hot pixel (1, 1), max-pooled 3x3 -> rows/cols 0..2, upsampled x2 -> 0..5
     expected = torch.zeros(8, 8)
     expected[:6, :6] = 1
     assert torch.equal(mask[0, 0], expected) and torch.equal(mask[1, 0], expected)  # the target ORs the source's
@@ -296,6 +302,7 @@ def test_blending_in_a_sample_changes_only_the_masked_region_of_the_target(sd):
     ([SOURCE, TARGET], {"self_replace_steps": (0.5, 0.2)}, "self_replace_steps"),
     ([SOURCE, TARGET], {"self_max_size": 0}, "self_max_size"),
     ([SOURCE, TARGET], {"blend_words": ["circle"], "blend_threshold": 1.0}, "blend_threshold"),
+    ([SOURCE, TARGET], {"blend_words": ["circle"], "blend_dilation": -0.1}, "blend_dilation"),
     ([SOURCE, " ".join(["a"] * 80)], {"mode": "refine"}, "has 80 tokens"),
 ])
 def test_bad_input(sd, prompts, kwargs, message):
