@@ -213,6 +213,11 @@ class PromptToPrompt(Editor):
 
         # when: (steps, T, L) alphas for the cross maps, a window of steps for the self maps
         self.cross_alphas = cross_replace_alphas(tokenizer, targets, steps, cross_replace_steps)
+        # per step, as Python bools (asked at every site of every step; a tensor test would sync each time)
+        self.cross_on = self.cross_alphas.flatten(1).any(1).tolist()  # some token injected at step i
+        self.cross_full = self.cross_alphas.flatten(1).all(1).tolist()  # every token injected at step i
+        # a swap of words of equal token counts maps token j to token j: M_t @ R = M_t, skip the product
+        self.replace_is_identity = self.replace is not None and bool((self.replace == torch.eye(self.replace.shape[-1])).all())
         self.self_window = step_window("self_replace_steps", self_replace_steps, steps)
         self.self_max_size = check_size("self_max_size", self_max_size)
 
@@ -240,7 +245,7 @@ class PromptToPrompt(Editor):
     # ------------------------------------------------------------------ which sites, which steps
     def cross_active(self, i: int) -> bool:
         """Whether step i injects into any target token's cross-attention map."""
-        return bool(self.cross_alphas[i].any())
+        return self.cross_on[i]
 
     def self_active(self, site: Site, i: int) -> bool:
         start, end = self.self_window
@@ -267,8 +272,10 @@ class PromptToPrompt(Editor):
     # ------------------------------------------------------------------ the edit
     def edit_cross(self, base: torch.Tensor, target: torch.Tensor, i: int) -> torch.Tensor:
         """base (heads, N, L): the source's maps; target (T, heads, N, L) -> the targets' new maps."""
-        if self.mode == "replace":
-            new = torch.einsum("hnl,tlm->thnm", base, self.replace.to(base))  # (T, heads, N, L): M_t @ R
+        if self.mode == "replace" and self.replace_is_identity:
+            new = base.expand_as(target)  # (T, heads, N, L): M_t @ I
+        elif self.mode == "replace":
+            new = base @ self.replace.to(base)[:, None]  # (heads, N, L) @ (T, 1, L, L) -> (T, heads, N, L): M_t @ R
         elif self.mode == "refine":
             new = base[..., self.mapper].permute(2, 0, 1, 3)  # (heads, N, T, L) -> (T, heads, N, L): M_t[:, A(j)]
             a = self.refine_alphas.to(base)[:, None, None, :]  # (T, 1, 1, L)
@@ -277,8 +284,10 @@ class PromptToPrompt(Editor):
             new = base.expand_as(target)  # (T, heads, N, L): re-weighting alone starts from the source's maps
         if self.equalizer is not None:
             new = new * self.equalizer.to(base)[:, None, None, :]  # (T, heads, N, L): c_j M[:, j]
-        alpha = self.cross_alphas[i].to(base)[:, None, None, :]  # (T, 1, 1, L): 1 inside the word's window
-        return alpha * new + (1 - alpha) * target  # (T, heads, N, L)
+        if self.cross_full[i]:
+            return new  # alpha = 1 at every token: alpha new + (1 - alpha) target = new
+        alpha = self.cross_alphas[i].bool().to(base.device)[:, None, None, :]  # (T, 1, 1, L): inside the word's window
+        return torch.where(alpha, new, target)  # (T, heads, N, L): alpha new + (1 - alpha) target, alpha in {0, 1}
 
     def attention_probs(self, probs: torch.Tensor, site: Site) -> torch.Tensor:
         """probs (U, heads, N, L), U = B or 2B: edit the targets' conditional maps from the source's."""
@@ -294,7 +303,10 @@ class PromptToPrompt(Editor):
             new = self.edit_cross(base, target, self.step)  # (T, heads, N, L)
         else:
             new = base.expand_as(target)  # (T, heads, N, N): the source's self-attention, whole
-        return torch.cat([uncond, base[None], new])  # (U, heads, N, M); unconditional half untouched
+        if probs.requires_grad:  # under autograd, build a new tensor
+            return torch.cat([uncond, base[None], new])  # (U, heads, N, M); unconditional half untouched
+        probs[1 - self.batch:] = new  # in place: the targets' conditional rows, saving a copy of the maps
+        return probs  # (U, heads, N, M)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -136,7 +136,7 @@ def random_probs(batch: int, n: int, m: int, seed: int = 0) -> torch.Tensor:
 def test_word_swap_is_the_source_maps_times_R():
     edit = PromptToPrompt([SOURCE, TARGET], TOK, [], STEPS)
     probs = random_probs(4, 16, L)  # [uncond 0, uncond 1, cond 0, cond 1]
-    out = edit.attention_probs(probs, CROSS)
+    out = edit.attention_probs(probs.clone(), CROSS)
     R = replacement_map(TOK, SOURCE, TARGET)
     assert torch.equal(out[:3], probs[:3])  # both unconditional items and the source untouched
     expected = torch.einsum("hnl,lm->hnm", probs[2], R)
@@ -144,14 +144,31 @@ def test_word_swap_is_the_source_maps_times_R():
     # after the window (0.8 of 10 steps: steps 0..7) the target keeps its own maps
     edit.begin_step(8, 100)
     assert not edit.wants_probs(CROSS)
-    assert torch.equal(edit.attention_probs(probs, CROSS), probs)
+    assert torch.equal(edit.attention_probs(probs.clone(), CROSS), probs)
+
+
+def test_word_swap_of_a_multi_token_word_spreads_the_source_map():
+    """CLIP splits "capybara" into 3 tokens: R is not the identity, and the product is used."""
+    from ldm.clip_tokenizer import CLIPTokenizer
+    from tests.test_tokenizer import clip_bpe_path
+
+    clip = CLIPTokenizer.from_bpe_file(clip_bpe_path())
+    source, target = "a cat on a mat", "a capybara on a mat"
+    edit = PromptToPrompt([source, target], clip, [], STEPS)
+    assert not edit.replace_is_identity
+    probs = random_probs(2, 9, clip.context_length, seed=4)
+    out = edit.attention_probs(probs.clone(), CROSS)
+    R = replacement_map(clip, source, target)
+    torch.testing.assert_close(out[1], torch.einsum("hnl,lm->hnm", probs[0], R), rtol=0, atol=1e-7)
+    # each of capybara's 3 tokens gets a third of "cat"'s map (token 2)
+    torch.testing.assert_close(out[1][..., 2], probs[0][..., 2] / 3, rtol=0, atol=1e-7)
 
 
 def test_refinement_takes_aligned_maps_and_keeps_new_tokens():
     target = "a big red circle on a big blue background"  # "big" added
     edit = PromptToPrompt([SOURCE, target], TOK, [], STEPS, mode="refine")
     probs = random_probs(2, 9, L, seed=1)  # guidance 1: [cond 0, cond 1]
-    out = edit.attention_probs(probs, CROSS)
+    out = edit.attention_probs(probs.clone(), CROSS)
     mapper, alphas = refinement_map(TOK, SOURCE, target)
     assert alphas[7] == 0 and alphas[8] == 1 and mapper[8] == 7  # the new "big" is target token 7
     for j in range(L):
@@ -164,23 +181,23 @@ def test_reweighting_alone_and_on_a_swap():
     alone = PromptToPrompt([SOURCE, SOURCE], TOK, [], STEPS, mode=None, reweight={"red": 3.0})
     c = equalizer(TOK, SOURCE, {"red": 3.0})
     assert c[3] == 3.0 and c.sum() == L + 2
-    torch.testing.assert_close(alone.attention_probs(probs, CROSS)[1], probs[0] * c, rtol=0, atol=0)
+    torch.testing.assert_close(alone.attention_probs(probs.clone(), CROSS)[1], probs[0] * c, rtol=0, atol=0)
     swap = PromptToPrompt([SOURCE, TARGET], TOK, [], STEPS, reweight={"square": -1.0})
     R = replacement_map(TOK, SOURCE, TARGET)
     want = torch.einsum("hnl,lm->hnm", probs[0], R) * equalizer(TOK, TARGET, {"square": -1.0})
-    torch.testing.assert_close(swap.attention_probs(probs, CROSS)[1], want, rtol=0, atol=1e-7)
+    torch.testing.assert_close(swap.attention_probs(probs.clone(), CROSS)[1], want, rtol=0, atol=1e-7)
 
 
 def test_self_attention_is_injected_at_coarse_sites_during_its_window():
     edit = PromptToPrompt([SOURCE, TARGET], TOK, [], STEPS, self_replace_steps=0.4, self_max_size=0.25)
     probs = random_probs(4, 16, 16, seed=3)
     assert not edit.wants_probs(SELF_FINE) and edit.wants_probs(SELF_COARSE)
-    assert torch.equal(edit.attention_probs(probs, SELF_FINE), probs)
-    out = edit.attention_probs(probs, SELF_COARSE)
+    assert torch.equal(edit.attention_probs(probs.clone(), SELF_FINE), probs)
+    out = edit.attention_probs(probs.clone(), SELF_COARSE)
     assert torch.equal(out[:3], probs[:3]) and torch.equal(out[3], probs[2])
     edit.begin_step(4, 500)  # 0.4 of 10 steps: steps 0..3
     assert not edit.wants_probs(SELF_COARSE)
-    assert torch.equal(edit.attention_probs(probs, SELF_COARSE), probs)
+    assert torch.equal(edit.attention_probs(probs.clone(), SELF_COARSE), probs)
 
 
 def test_step_windows_and_per_word_alphas():
