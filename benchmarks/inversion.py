@@ -28,7 +28,6 @@ for a busy core slow every step down.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import sys
 import time
@@ -98,34 +97,11 @@ def toy_table(args: argparse.Namespace) -> None:
 
 
 def sd_v1_random(seed: int = 0) -> StableDiffusion:
-    """SD v1.5's three networks with random weights (variance 1 / fan_in), built on the meta device first
-    so that no default initialisation runs, and a word tokenizer (the text encoder's ids are all < 49408)."""
-    from ddpm.schedule import NoiseSchedule
-    from ldm.clip_config import CLIPTextConfig
-    from ldm.clip_text import CLIPTextModel
+    """SD v1.5's networks with random weights and a word tokenizer (its ids are all < 49408)."""
+    from _random_sd import sd_v1_random as build
     from ldm.tokenizer import WordTokenizer
-    from ldm.vae import AutoencoderKL
-    from ldm.vae_config import VAEConfig
-    from unet.config import UNetConfig
-    from unet.model import UNet
 
-    tokenizer = WordTokenizer(["a", "photo", "of", "cat"])
-    text = dataclasses.replace(CLIPTextConfig.sd_v1(), bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
-                               pad_token_id=tokenizer.pad_id)
-    with torch.device("meta"):
-        parts = UNet(UNetConfig.sd_v1()), AutoencoderKL(VAEConfig.sd_v1()), CLIPTextModel(text)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for model in parts:
-            model.to_empty(device="cpu")
-            for name, p in model.named_parameters():
-                if p.ndim >= 2:
-                    p.normal_(0.0, p[0].numel() ** -0.5, generator=generator)
-                elif name.endswith("weight"):  # norm scales
-                    p.normal_(1.0, 0.1, generator=generator)
-                else:
-                    p.normal_(0.0, 0.1, generator=generator)
-    return StableDiffusion(*parts, tokenizer, NoiseSchedule.from_name("scaled_linear"))
+    return build(WordTokenizer(["a", "photo", "of", "cat"]), seed)
 
 
 def sd_table(args: argparse.Namespace) -> None:

@@ -204,34 +204,11 @@ def clip_tokenizer_or_words():
 
 
 def sd_v1_random(seed: int):
-    """SD v1.5's three networks, random weights (variance 1 / fan_in), built on the meta device first."""
-    import dataclasses
-
-    from ddpm.schedule import NoiseSchedule
-    from ldm.clip_config import CLIPTextConfig
-    from ldm.clip_text import CLIPTextModel
-    from ldm.vae import AutoencoderKL
-    from ldm.vae_config import VAEConfig
-    from unet.config import UNetConfig
-    from unet.model import UNet
+    """SD v1.5's networks with random weights (benchmarks/_random_sd.py) at 256x256: a 32x32 latent."""
+    from _random_sd import sd_v1_random as build
 
     tokenizer, kind = clip_tokenizer_or_words()
-    text = dataclasses.replace(CLIPTextConfig.sd_v1(), bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
-                               pad_token_id=tokenizer.pad_id)
-    with torch.device("meta"):
-        parts = UNet(UNetConfig.sd_v1()), AutoencoderKL(VAEConfig.sd_v1()), CLIPTextModel(text)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for model in parts:
-            model.to_empty(device="cpu")
-            for name, p in model.named_parameters():
-                if p.ndim >= 2:
-                    p.normal_(0.0, p[0].numel() ** -0.5, generator=generator)
-                elif name.endswith("weight"):  # norm scales
-                    p.normal_(1.0, 0.1, generator=generator)
-                else:
-                    p.normal_(0.0, 0.1, generator=generator)
-    return StableDiffusion(*parts, tokenizer, NoiseSchedule.from_name("scaled_linear"), image_size=256), kind
+    return build(tokenizer, seed, image_size=256), kind
 
 
 def sd_table(args: argparse.Namespace) -> list[str]:
