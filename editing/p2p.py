@@ -36,6 +36,7 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -230,31 +231,41 @@ def check_prompts(parser: argparse.ArgumentParser, args: argparse.Namespace, tok
         parser.error(str(e))
 
 
+def load_model(weights: Path, device: str, check: Callable[[dict, object], None]):
+    """The model folder's pipeline, after ``check(manifest, tokenizer)`` has vetted the arguments
+    against the cheap parts (it calls ``parser.error``, exit 2, on bad ones); a folder that is no
+    model, or whose networks do not load, prints its error and gives None (the CLIs exit with 2)."""
+    from ldm.pipeline import StableDiffusion
+    from weights.io import WeightsFileError
+    from weights.model_folder import load_tokenizer, read_manifest
+
+    load_errors = (ValueError, FileNotFoundError, WeightsFileError, json.JSONDecodeError)
+    try:
+        manifest = read_manifest(weights)  # a folder that is no model is named as such, before its tokenizer
+        tokenizer = load_tokenizer(weights)
+    except load_errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+    check(manifest, tokenizer)
+    try:
+        return StableDiffusion.from_folder(weights, device=device)
+    except load_errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_arguments(parser, args)
 
     from ldm.images import load_image, to_pil
-    from ldm.pipeline import StableDiffusion
-    from weights.io import WeightsFileError
-    from weights.model_folder import load_tokenizer, read_manifest
 
     from .attention_store import AttentionStore
     from .prompt_to_prompt import prompt_to_prompt
 
-    load_errors = (ValueError, FileNotFoundError, WeightsFileError, json.JSONDecodeError)
-    try:
-        read_manifest(args.weights)  # a folder that is no model is named as such, before its tokenizer
-        tokenizer = load_tokenizer(args.weights)
-    except load_errors as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    check_prompts(parser, args, tokenizer)
-    try:
-        sd = StableDiffusion.from_folder(args.weights, device=args.device)
-    except load_errors as e:
-        print(f"error: {e}", file=sys.stderr)
+    sd = load_model(args.weights, args.device, lambda manifest, tokenizer: check_prompts(parser, args, tokenizer))
+    if sd is None:
         return 2
 
     progress = not args.quiet

@@ -32,7 +32,6 @@ and the command prints where it wrote.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from PIL import Image
 
 from ldm.generate import finite_float, positive_int, save_atomically
 
-from .p2p import captioned_grid, fraction
+from .p2p import captioned_grid, fraction, load_model
 from .plug_and_play import DEFAULT_NEGATIVE
 
 DEFAULT_STRENGTHS = (0.3, 0.5, 0.7)  # SDEdit in --figure: little change, then more freedom and less layout
@@ -141,24 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     check_arguments(parser, args)
 
     from ldm.images import load_image, to_pil
-    from ldm.pipeline import StableDiffusion
-    from weights.io import WeightsFileError
-    from weights.model_folder import load_tokenizer, read_manifest
 
     from .plug_and_play import invert_guidance_image, plug_and_play, sdedit
 
-    load_errors = (ValueError, FileNotFoundError, WeightsFileError, json.JSONDecodeError)
-    try:
-        settings = read_manifest(args.weights)["scheduler"]  # a folder that is no model is named as such
-        tokenizer = load_tokenizer(args.weights)
-    except load_errors as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    check_model(parser, args, settings, tokenizer)
-    try:
-        sd = StableDiffusion.from_folder(args.weights, device=args.device)
-    except load_errors as e:
-        print(f"error: {e}", file=sys.stderr)
+    sd = load_model(args.weights, args.device,
+                    lambda manifest, tokenizer: check_model(parser, args, manifest["scheduler"], tokenizer))
+    if sd is None:
         return 2
 
     progress = not args.quiet
