@@ -105,6 +105,20 @@ def _check_images(images: torch.Tensor, name: str, ndim: int) -> torch.Tensor:
     return images.detach().float().cpu()
 
 
+def _figure(n: int, image: torch.Tensor | None, panel_size: tuple[float, float]) -> tuple[Figure, list]:
+    """A figure of ``n`` panels, after a first panel showing ``image`` ("sample") when one is given;
+    returns the figure and the ``n`` axes left to draw on. ``panel_size``: inches per panel (w, h)."""
+    panels = n + (image is not None)
+    fig = Figure(figsize=(panel_size[0] * min(panels, COLUMNS), panel_size[1] * math.ceil(panels / COLUMNS)),
+                 layout="constrained")
+    axes = _grid(fig, panels)
+    if image is not None:
+        axes[0].imshow(_hwc(image))
+        axes[0].set_title("sample", fontsize=9)
+        axes = axes[1:]
+    return fig, axes
+
+
 def _grid(fig: Figure, panels: int) -> list:
     """``panels`` axes in rows of at most ``COLUMNS``, without ticks; spare axes are hidden."""
     rows, cols = math.ceil(panels / COLUMNS), min(panels, COLUMNS)
@@ -182,13 +196,7 @@ def token_heatmaps(store: AttentionStore, tokenizer: PromptTokenizer, prompt: st
         shape = (round(DISPLAY_SIDE * h / max(h, w)), round(DISPLAY_SIDE * w / max(h, w)))
     shown = heatmaps(maps, shape)  # (n, H, W) in [0, 1]
 
-    panels = len(tokens) + (image is not None)
-    fig = Figure(figsize=(1.4 * min(panels, COLUMNS), 2.4 * math.ceil(panels / COLUMNS)), layout="constrained")
-    axes = _grid(fig, panels)
-    if image is not None:
-        axes[0].imshow(_hwc(image))
-        axes[0].set_title("sample", fontsize=9)
-        axes = axes[1:]
+    fig, axes = _figure(len(tokens), image, panel_size=(1.4, 2.4))
     for ax, token, m, up in zip(axes, tokens, maps, shown):
         if image is not None:
             ax.imshow(_hwc(image) * 0.4 + 0.6)  # the image, faded, under the map
@@ -263,13 +271,7 @@ def self_attention_figure(store: AttentionStore, prompt_index: int = 0, size: fl
         image = _check_images(image, "image", 3)  # (3, H, W)
     result = self_attention_components(store, prompt_index, size, n, locations)
     h, w = result.components.shape[-2:]
-    panels = n + (image is not None)
-    fig = Figure(figsize=(1.8 * min(panels, COLUMNS), 2.2 * math.ceil(panels / COLUMNS)), layout="constrained")
-    axes = _grid(fig, panels)
-    if image is not None:
-        axes[0].imshow(_hwc(image))
-        axes[0].set_title("sample", fontsize=9)
-        axes = axes[1:]
+    fig, axes = _figure(n, image, panel_size=(1.8, 2.2))
     for i, (ax, v) in enumerate(zip(axes, result.components)):
         vmax = float(v.abs().max())
         ax.imshow(v.numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
