@@ -44,6 +44,7 @@ from ldm.pipeline import check_guidance_scale, native_convs, tiny_convs
 from unet.editor import Editor, Site
 
 from .attention_store import check_size, site_size
+from .null_text import image_latents
 
 DEFAULT_NEGATIVE = "ugly, blurry, black, low res, unrealistic"  # the official translation's negative prompt
 
@@ -154,12 +155,7 @@ def invert_guidance_image(sd, image: ImageLike | torch.Tensor, *, steps: int = 5
     if missing:
         raise ValueError(f"inversion_steps={inversion_steps} visits no z_t at the sampling timesteps {missing[:5]}...; "
                          f"use {steps} or 999 (timesteps 1..999 hold them all)")
-    if isinstance(image, torch.Tensor) and image.ndim == 4 and image.shape[1] == sd.unet.config.in_channels:
-        z0 = image.to(sd.device)
-    else:
-        z0 = sd.encode_image(image)  # (1, 4, h, w)
-    if z0.shape[0] != 1:
-        raise ValueError(f"Plug-and-Play translates one image at a time, got a batch of {z0.shape[0]}")
+    z0 = image_latents(sd, image)  # (1, 4, h, w): latents as they are, an image through the VAE
     empty = sd.encode_prompts([""])  # (1, 77, D)
     trajectory = sd.invert(z0, empty, steps=inversion_steps, guidance_scale=1.0, progress=progress)
     # trajectory[k] is the latent at the k-th smallest timestep (k = 0: z_0)
@@ -235,10 +231,7 @@ def sdedit(sd, image: ImageLike | torch.Tensor, prompt: str, *, strength: float 
     if start_step >= steps:
         raise ValueError(f"strength {strength} of {steps} steps leaves no step to run; raise it")
     t = int(timesteps[start_step])
-    if isinstance(image, torch.Tensor) and image.ndim == 4 and image.shape[1] == sd.unet.config.in_channels:
-        z0 = image.to(sd.device)
-    else:
-        z0 = sd.encode_image(image)  # (1, 4, h, w)
+    z0 = image_latents(sd, image)  # (1, 4, h, w)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     noise = torch.randn(z0.shape, generator=generator).to(z0)  # (1, 4, h, w)
     z_t = q_sample(sd.schedule, z0, t, noise)  # Ho et al. Eq. 4

@@ -308,7 +308,7 @@ def test_unreadable_files_are_refused(sd, tmp_path):
         invert_guidance_image(sd, tmp_path / "missing.png", steps=2, progress=False)
     with pytest.raises(FileNotFoundError, match=r"\(it is a folder\)"):
         invert_guidance_image(sd, tmp_path, steps=2, progress=False)
-    with pytest.raises(ValueError, match=r"one image at a time, got a batch of 2"):
+    with pytest.raises(ValueError, match=r"one image latent \(1, 4, h, w\), got a batch of shape \(2, 4, 8, 8\)"):
         invert_guidance_image(sd, torch.zeros(2, 4, 8, 8), steps=2, progress=False)
 
 
