@@ -8,13 +8,14 @@ guidance image's own features and self-attention into the generation.
    empty prompt) and the target's classifier-free-guidance pair (z*_t with the negative and the
    target prompts). In the source branch the U-Net computes its features f_t^4 (the residual
    branch of one decoder ResBlock, before the skip is added) and the queries and keys q_t^l, k_t^l
-   of decoder self-attention layers l >= 4; they replace the target's (Eq. 4 and 5):
+   of decoder self-attention layers l >= 4; they replace the target's (section 4, "Feature
+   injection" and "Self-attention injection"):
 
        z*_{t-1} = eps-step( z*_t, eps_theta(z*_t, P*, t ; f_t^4, {q_t^l, k_t^l}) )
 
    for the first ``feature_injection`` (tau_f = 0.8) and ``attention_injection`` (tau_A = 0.5)
    fractions of the steps; the values v stay the target's, so the *appearance* follows the prompt
-   while the *structure* (which pixels attend to which, Eq. 3's A = softmax(q k^T / sqrt(d))) is the
+   while the *structure* (which pixels attend to which, A = softmax(q k^T / sqrt(d))) is the
    guidance image's. The replacement covers both halves of the guidance pair, as the official code.
 
 Which layers, relative to the U-Net: the *injection level* is the first decoder level whose maps
@@ -114,12 +115,12 @@ class PlugAndPlay(Editor):
     def resnet_residual(self, h: torch.Tensor, site: Site) -> torch.Tensor:
         if site.name != self.sites.feature.name or self.step >= self.feature_steps:
             return h
-        return h[:1].expand_as(h)  # (U, C, H, W): every item gets the source's f_t (Eq. 4)
+        return h[:1].expand_as(h)  # (U, C, H, W): every item gets the source's f_t (feature injection)
 
     def attention_qk(self, q: torch.Tensor, k: torch.Tensor, site: Site) -> tuple[torch.Tensor, torch.Tensor]:
         if site.name not in self.attention_names or self.step >= self.attention_steps:
             return q, k
-        return q[:1].expand_as(q), k[:1].expand_as(k)  # (U, heads, N, d) each: the source's q_t, k_t (Eq. 5)
+        return q[:1].expand_as(q), k[:1].expand_as(k)  # (U, heads, N, d) each: the source's q_t, k_t (self-attention injection)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,7 +206,7 @@ def plug_and_play(sd, inversion: GuidanceInversion, prompt: str, *, negative_pro
             latents = torch.cat(items)  # (U, 4, h, w)
             with native_convs(tiny_convs(sd.unet, len(items), *x.shape[-2:])):
                 eps = sd.unet(latents, t, context, pnp)[1:]  # (U - 1, 4, h, w): the source's output unused
-            eps = classifier_free_guidance(eps[0:1], eps[1:2], s) if s != 1 else eps  # (1, 4, h, w), Eq. 6
+            eps = classifier_free_guidance(eps[0:1], eps[1:2], s) if s != 1 else eps  # (1, 4, h, w), Ho & Salimans Eq. 6
         else:
             with native_convs(tiny_convs(sd.unet, 2 if s != 1 else 1, *x.shape[-2:])):
                 eps = sd.predict_noise(x, t, cond, uncond, s)  # (1, 4, h, w)

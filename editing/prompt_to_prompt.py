@@ -4,8 +4,8 @@ cross-attention maps.
 The prompts are sampled together from one starting latent: prompt 0 is the source P, prompts
 1..T are the targets P*. At every step the source's cross-attention maps M_t (section 3.1, how
 much each pixel draws from each token) are injected into the targets' U-Net calls, so the
-targets keep the source's layout while their own words bring new content (section 3.2, Eq. in
-Algorithm 1, line 6-7):
+targets keep the source's layout while their own words bring new content (section 3.2 and its
+Algorithm 1):
 
     z*_{t-1} <- DM(z*_t, P*, t) { M <- Edit(M_t, M*_t, t) }
 
