@@ -23,7 +23,12 @@ and the analyzer (toyworld/analyze.py) scores each translation against the rende
    VAE alone, D(E(x)), is the ceiling of any latent method.
 2. Methods, at the library's default inversion steps: Plug-and-Play (0.8 / 0.5), without features
    (0 / 0.5), without attention (0.8 / 0), zero injection (0 / 0: plain image-to-image from z_T^G),
-   and SDEdit at ``--strengths`` (seed 0), as the paper's ablation table.
+   and SDEdit at ``--strengths`` (seed 0), as the paper's ablation table; two variants: the features
+   of every decoder ResBlock injected (the toy has four) and Plug-and-Play at ``--low-guidance`` (3).
+   Two ceilings with the source caption (nothing asked to change): plain DDIM reconstruction (s = 1)
+   and the Plug-and-Play round trip (1.0 / 1.0, s = 5). IoU is split by the input's object size: a
+   small object (half extent 8 px, one latent pixel) loses ~0.2 IoU to a boundary moved by one pixel
+   ((8 / 9)^2 = 0.79 for a square), a big one (14 px) ~0.13.
 3. Time, per image: inversion, translation, and both (prompt to pixels, decode included) against
    plain text-to-image sampling of the target prompt in the same run (the ratio is the price).
 
@@ -57,13 +62,13 @@ from editing.plug_and_play import (PlugAndPlay, injection_sites, invert_guidance
                                    sdedit)
 from ldm.pipeline import StableDiffusion  # noqa: E402
 from toyworld.analyze import analyze_batch, mask_iou, matches  # noqa: E402
+from toyworld.edit_eval import LAYOUT_FREE, swapped  # noqa: E402
 from toyworld.evaluate import psnr_db  # noqa: E402
 from toyworld.model import TOY_GUIDANCE_SCALE  # noqa: E402
 from toyworld.render import ToyDataset  # noqa: E402
-from toyworld.world import COLOURS, caption, parse_caption, with_attribute  # noqa: E402
+from toyworld.world import caption, parse_caption  # noqa: E402
 
 UNSEEN_SEED = 31415  # any ToyDataset seed but training's 1
-SHORT = ("size", "position", "background")  # what the short target prompt leaves out
 ABLATIONS = {"Plug-and-Play": (0.8, 0.5), "no features": (0.0, 0.5), "no attention": (0.8, 0.0),
              "zero injection": (0.0, 0.0)}
 DEFAULT_INVERSION_STEPS = inspect.signature(invert_guidance_image).parameters["inversion_steps"].default
@@ -76,27 +81,37 @@ class Scores:
     success: list[bool] = field(default_factory=list)
     colour: list[bool] = field(default_factory=list)
     iou: list[float] = field(default_factory=list)
+    big: list[bool] = field(default_factory=list)  # the input's object is "big" (half extent 14 px, else 8)
 
-    def add(self, analysis, source, target_prompt: str, colour: str) -> None:
+    def add(self, analysis, source, target_prompt: str, colour: str, big: bool) -> None:
         self.success.append(analysis.found and all(matches(analysis, parse_caption(target_prompt)).values()))
         self.colour.append(analysis.colour == colour)
         self.iou.append(mask_iou(analysis.mask, source.mask))
+        self.big.append(big)
 
     def row(self) -> str:
+        iou, big = np.array(self.iou), np.array(self.big)
+        by_size = " ".join(f"{iou[m].mean():>6.3f}" if m.any() else f"{'-':>6}" for m in (big, ~big))
         return (f"{100 * np.mean(self.success):>7.0f}% {100 * np.mean(self.colour):>7.0f}% "
-                f"{np.mean(self.iou):>9.3f} {np.min(self.iou):>8.3f}")
+                f"{iou.mean():>9.3f} {iou.min():>8.3f} {by_size}")
 
 
-def new_colour(scene, rng: np.random.Generator) -> str:
-    options = [c for c in COLOURS if c not in (scene.colour, scene.background)]
-    return options[rng.integers(len(options))]
+class EveryDecoderResBlock(PlugAndPlay):
+    """A variant for the study: the source's features replace the target's at *every* decoder
+    ResBlock (the toy has four, at 4x4 and 8x8), not only the paper's one."""
+
+    def resnet_residual(self, h: torch.Tensor, site) -> torch.Tensor:
+        if site.location != "up" or self.step >= self.feature_steps:
+            return h
+        return h[:1].expand_as(h)  # (U, C, H, W)
 
 
-def score(sd: StableDiffusion, latents: list[torch.Tensor], sources, prompts: list[str], colours: list[str]) -> Scores:
+def score(sd: StableDiffusion, latents: list[torch.Tensor], sources, prompts: list[str], colours: list[str],
+          big: list[bool]) -> Scores:
     images = torch.cat([sd.decode(z) for z in latents])  # (n, 3, 64, 64) in [0, 1]
     scores = Scores()
-    for analysis, source, prompt, colour in zip(analyze_batch(images * 2 - 1), sources, prompts, colours):
-        scores.add(analysis, source, prompt, colour)
+    for analysis, source, prompt, colour, b in zip(analyze_batch(images * 2 - 1), sources, prompts, colours, big):
+        scores.add(analysis, source, prompt, colour, b)
     return scores
 
 
@@ -119,20 +134,25 @@ def toy_tables(args: argparse.Namespace) -> None:
     empty = sd.encode_prompts([""])
     T = int(sd.timesteps(steps)[0])
 
-    xs, vae_images, prompts, colours = [], [], {"short": [], "full": []}, []
+    xs, vae_images, prompts, colours, big = [], [], {"short": [], "full": []}, [], []
+    scenes = []
+    ceilings = {"DDIM reconstruction": [], "PnP round trip": []}  # latents, with the source caption
     psnr = {"VAE alone": []} | {f"{kind} {n}": [] for n in ns for kind in ("DDIM", "PnP")}
     invert_s = {n: [] for n in ns}
     study = {(n, p): [] for n in ns for p in prompts}  # translations' latents
-    methods = {(m, p): [] for m in [*ABLATIONS, *(f"SDEdit {s:g}" for s in args.strengths)] for p in prompts}
+    variants = {"every dec. ResBlock": (0.8, 0.5, g), f"PnP guidance {args.low_guidance:g}": (0.8, 0.5, args.low_guidance)}
+    methods = {(m, p): [] for m in [*ABLATIONS, *variants, *(f"SDEdit {s:g}" for s in args.strengths)] for p in prompts}
     times = {"plain sampling": [], "Plug-and-Play": [], "  inversion": [], "  translation": []}
     for k in range(args.images):
         x, _, scene = data[k]
         x = (x[None] + 1) / 2  # (1, 3, 64, 64) in [0, 1]
-        colour = new_colour(scene, rng)
-        edited = with_attribute(scene, colour=colour)
+        edited = swapped(scene, "colour", rng)
+        colour = edited.colour
         xs.append(x)
+        scenes.append(scene)
         colours.append(colour)
-        prompts["short"].append(caption(edited, SHORT))
+        big.append(scene.size == "big")
+        prompts["short"].append(caption(edited, LAYOUT_FREE))
         prompts["full"].append(caption(edited))
         for n in ns:
             inv, seconds = timed(invert_guidance_image, sd, x, steps=steps, inversion_steps=n, progress=False)
@@ -142,9 +162,13 @@ def toy_tables(args: argparse.Namespace) -> None:
                 psnr["VAE alone"].append(psnr_db(vae_images[-1], x).item())
             z = sd.denoise(inv.latents[T], empty, None, steps=steps, guidance_scale=1.0, progress=False)
             psnr[f"DDIM {n}"].append(psnr_db(sd.decode(z), x).item())
+            if n == default_n:
+                ceilings["DDIM reconstruction"].append(z)
             z = plug_and_play(sd, inv, caption(scene), negative_prompt="", guidance_scale=g, feature_injection=1.0,
                               attention_injection=1.0, progress=False)
             psnr[f"PnP {n}"].append(psnr_db(sd.decode(z), x).item())
+            if n == default_n:
+                ceilings["PnP round trip"].append(z)
             for p in prompts:
                 study[n, p].append(plug_and_play(sd, inv, prompts[p][-1], negative_prompt="", guidance_scale=g,
                                                  progress=False))
@@ -156,6 +180,12 @@ def toy_tables(args: argparse.Namespace) -> None:
                         sd, inv, prompts[p][-1], negative_prompt="", guidance_scale=g, feature_injection=f,
                         attention_injection=a, progress=False)
                     methods[name, p].append(z)
+                for name, (f, a, guidance) in variants.items():
+                    editor = (EveryDecoderResBlock(injection_sites(sd.unet.sites), steps, f, a)
+                              if name.startswith("every") else None)
+                    methods[name, p].append(plug_and_play(sd, inv, prompts[p][-1], negative_prompt="",
+                                                          guidance_scale=guidance, feature_injection=f,
+                                                          attention_injection=a, editor=editor, progress=False))
                 for s in args.strengths:
                     methods[f"SDEdit {s:g}", p].append(sdedit(sd, inv.z0, prompts[p][-1], strength=s, steps=steps,
                                                               guidance_scale=g, negative_prompt="", seed=0,
@@ -176,23 +206,27 @@ def toy_tables(args: argparse.Namespace) -> None:
     source_analyses = analyze_batch(torch.cat(xs) * 2 - 1)
     mean = statistics.mean
     print(f"\n1. inversion steps ({args.images} images; PSNR dB mean / min; translations with the default 0.8 / 0.5)")
-    columns = f"{'success':>8} {'colour':>8} {'IoU mean':>9} {'IoU min':>8}"
+    columns = f"{'success':>8} {'colour':>8} {'IoU mean':>9} {'IoU min':>8} {'big':>6} {'small':>6}"
     print(f"{'':>9} {'':>9} {'DDIM rec':>13} {'PnP round trip':>15}   {'short prompt':^36}   {'full prompt':^36}")
     print(f"{'inversion':>9} {'invert s':>9} {'mean':>6} {'min':>6} {'mean':>7} {'min':>7}   {columns}   {columns}")
     for n in ns:
         d, r = psnr[f"DDIM {n}"], psnr[f"PnP {n}"]
-        rows = [score(sd, study[n, p], source_analyses, prompts[p], colours).row() for p in prompts]
+        rows = [score(sd, study[n, p], source_analyses, prompts[p], colours, big).row() for p in prompts]
         print(f"{n:>9} {mean(invert_s[n]):>9.3f} {mean(d):>6.2f} {min(d):>6.2f} {mean(r):>7.2f} {min(r):>7.2f}   "
               f"{rows[0]}   {rows[1]}")
     v = psnr["VAE alone"]
     print(f"{'VAE alone':>9} {'':>9} {mean(v):>6.2f} {min(v):>6.2f}")
 
     print(f"\n2. methods (inversion_steps {default_n}; {args.images} images)")
-    print(f"{'method':<16} {'prompt':<6} {columns}")
+    print(f"{'method':<20} {'prompt':<6} {columns}")
     vae = [mask_iou(a.mask, b.mask) for a, b in zip(analyze_batch(torch.cat(vae_images) * 2 - 1), source_analyses)]
-    print(f"{'VAE alone':<16} {'':<6} {'':>8} {'':>8} {mean(vae):>9.3f} {min(vae):>8.3f}")
+    vae_big = " ".join(f"{np.mean([v for v, b in zip(vae, big) if b == want] or [np.nan]):>6.3f}" for want in (True, False))
+    print(f"{'VAE alone':<20} {'':<6} {'':>8} {'':>8} {mean(vae):>9.3f} {min(vae):>8.3f} {vae_big}")
+    sources = [caption(scene) for scene in scenes]
+    for name, latents in ceilings.items():  # what the mask keeps when nothing is asked to change
+        print(f"{name:<20} {'source':<6} {score(sd, latents, source_analyses, sources, [sc.colour for sc in scenes], big).row()}")
     for (name, p), latents in methods.items():
-        print(f"{name:<16} {p:<6} {score(sd, latents, source_analyses, prompts[p], colours).row()}")
+        print(f"{name:<20} {p:<6} {score(sd, latents, source_analyses, prompts[p], colours, big).row()}")
 
     print(f"\n3. time per image (s, median over {args.images}; prompt to pixels)")
     base = statistics.median(times["plain sampling"])
@@ -258,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=TOY_GUIDANCE_SCALE)
     p.add_argument("--inversion-steps", type=int, nargs="+", default=[50, 200, 999])
+    p.add_argument("--low-guidance", type=float, default=3.0, help="a second guidance scale for Plug-and-Play")
     p.add_argument("--strengths", type=float, nargs="+", default=[0.2, 0.3, 0.5, 0.7], help="SDEdit strengths")
     p.add_argument("--quick", action="store_true", help="4 images (a smoke run, not the figures)")
     p.add_argument("--threads", type=int, default=None)
