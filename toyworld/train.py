@@ -99,8 +99,9 @@ def vae_loss(vae: AutoencoderKL, x: torch.Tensor, generator: torch.Generator) ->
 
 
 def train_vae(run: Path, steps: int, batch_size: int, lr: float, device: str, every: int,
-              until: int | None = None) -> AutoencoderKL:
-    """Stage 1 for ``steps`` steps (or only up to step ``until``, to split a run), resuming from ``run/vae``."""
+              until: int | None = None, eval_images: int = 256) -> AutoencoderKL:
+    """Stage 1 for ``steps`` steps (or only up to step ``until``, to split a run), resuming from ``run/vae``;
+    the log's held-out PSNR is over ``eval_images`` images."""
     torch.manual_seed(0)
     vae = AutoencoderKL(toy_vae_config()).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
@@ -108,7 +109,7 @@ def train_vae(run: Path, steps: int, batch_size: int, lr: float, device: str, ev
     if ckpt.with_suffix(".json").exists():
         meta = load_checkpoint(ckpt, vae, None, opt)
         log_line(run, f"vae: resumed at step {meta['step']}")
-    data, held_out = ToyDataset(TRAIN_SEED), ToyDataset(EVAL_SEED).batch(range(256))[0].to(device)
+    data, held_out = ToyDataset(TRAIN_SEED), ToyDataset(EVAL_SEED).batch(range(eval_images))[0].to(device)
     bar = tqdm(range(meta["step"], min(steps, until or steps)), desc="vae", initial=meta["step"], total=steps)
     for step in bar:
         for group in opt.param_groups:
@@ -126,7 +127,7 @@ def train_vae(run: Path, steps: int, batch_size: int, lr: float, device: str, ev
         if (step + 1) % every == 0 or step + 1 in (steps, until):
             with torch.no_grad():
                 vae.eval()
-                p = torch.cat([psnr(vae(held_out[i:i + 64]), held_out[i:i + 64]) for i in range(0, 256, 64)])
+                p = torch.cat([psnr(vae(held_out[i:i + 64]), held_out[i:i + 64]) for i in range(0, eval_images, 64)])
                 vae.train()
             meta["history"]["eval_psnr"].append([step + 1, p.mean().item()])
             meta["step"] = step + 1
