@@ -24,7 +24,7 @@ demo-2d: setup
 	$(PY) -m ddpm.demo --out outputs/demo_2d.png
 
 bench: setup
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(ARGS)
 
 notebooks: setup
 	$(PY) notebooks/execute.py --write notebooks/*.ipynb

@@ -25,10 +25,10 @@ and the analyzer (toyworld/analyze.py) scores each translation against the rende
    (0 / 0.5), without attention (0.8 / 0), zero injection (0 / 0: plain image-to-image from z_T^G),
    and SDEdit at ``--strengths`` (seed 0), as the paper's ablation table; two variants: the features
    of every decoder ResBlock injected (the toy has four) and Plug-and-Play at ``--low-guidance`` (3).
-   Two ceilings with the source caption (nothing asked to change): plain DDIM reconstruction (s = 1)
-   and the Plug-and-Play round trip (1.0 / 1.0, s = 5). IoU is split by the input's object size: a
-   small object (half extent 8 px, one latent pixel) loses ~0.2 IoU to a boundary moved by one pixel
-   ((8 / 9)^2 = 0.79 for a square), a big one (14 px) ~0.13.
+   Ceilings with the source caption (nothing asked to change): plain DDIM reconstruction (s = 1)
+   and the Plug-and-Play round trip (1.0 / 1.0) at guidance 5, ``--low-guidance`` and 1. IoU is
+   split by the input's object size: a small object (half extent 8 px, one latent pixel) loses ~0.2
+   IoU to a boundary moved by one pixel ((8 / 9)^2 = 0.79 for a square), a big one (14 px) ~0.13.
 3. Time, per image: inversion, translation, and both (prompt to pixels, decode included) against
    plain text-to-image sampling of the target prompt in the same run (the ratio is the price).
 
@@ -136,11 +136,13 @@ def toy_tables(args: argparse.Namespace) -> None:
 
     xs, vae_images, prompts, colours, big = [], [], {"short": [], "full": []}, [], []
     scenes = []
-    ceilings = {"DDIM reconstruction": [], "PnP round trip": []}  # latents, with the source caption
+    round_trips = [g, args.low_guidance, 1.0]  # guidance scales of the round trip (the first is the study's)
+    ceilings = {"DDIM reconstruction": []} | {f"round trip s={s:g}": [] for s in round_trips}  # latents
     psnr = {"VAE alone": []} | {f"{kind} {n}": [] for n in ns for kind in ("DDIM", "PnP")}
     invert_s = {n: [] for n in ns}
     study = {(n, p): [] for n in ns for p in prompts}  # translations' latents
-    variants = {"every dec. ResBlock": (0.8, 0.5, g), f"PnP guidance {args.low_guidance:g}": (0.8, 0.5, args.low_guidance)}
+    variants = {"every dec. ResBlock": (0.8, 0.5, g),  # (feature, attention injection, guidance)
+                f"PnP guidance {args.low_guidance:g}": (0.8, 0.5, args.low_guidance)}
     methods = {(m, p): [] for m in [*ABLATIONS, *variants, *(f"SDEdit {s:g}" for s in args.strengths)] for p in prompts}
     times = {"plain sampling": [], "Plug-and-Play": [], "  inversion": [], "  translation": []}
     for k in range(args.images):
@@ -168,7 +170,11 @@ def toy_tables(args: argparse.Namespace) -> None:
                               attention_injection=1.0, progress=False)
             psnr[f"PnP {n}"].append(psnr_db(sd.decode(z), x).item())
             if n == default_n:
-                ceilings["PnP round trip"].append(z)
+                ceilings[f"round trip s={g:g}"].append(z)
+                for scale in round_trips[1:]:
+                    ceilings[f"round trip s={scale:g}"].append(plug_and_play(
+                        sd, inv, caption(scene), negative_prompt="", guidance_scale=scale, feature_injection=1.0,
+                        attention_injection=1.0, progress=False))
             for p in prompts:
                 study[n, p].append(plug_and_play(sd, inv, prompts[p][-1], negative_prompt="", guidance_scale=g,
                                                  progress=False))
@@ -220,11 +226,12 @@ def toy_tables(args: argparse.Namespace) -> None:
     print(f"\n2. methods (inversion_steps {default_n}; {args.images} images)")
     print(f"{'method':<20} {'prompt':<6} {columns}")
     vae = [mask_iou(a.mask, b.mask) for a, b in zip(analyze_batch(torch.cat(vae_images) * 2 - 1), source_analyses)]
-    vae_big = " ".join(f"{np.mean([v for v, b in zip(vae, big) if b == want] or [np.nan]):>6.3f}" for want in (True, False))
+    vae_big = " ".join(f"{np.mean([v for v, b in zip(vae, big) if b == want] or [np.nan]):>6.3f}"
+                       for want in (True, False))
     print(f"{'VAE alone':<20} {'':<6} {'':>8} {'':>8} {mean(vae):>9.3f} {min(vae):>8.3f} {vae_big}")
-    sources = [caption(scene) for scene in scenes]
+    sources, source_colours = [caption(scene) for scene in scenes], [scene.colour for scene in scenes]
     for name, latents in ceilings.items():  # what the mask keeps when nothing is asked to change
-        print(f"{name:<20} {'source':<6} {score(sd, latents, source_analyses, sources, [sc.colour for sc in scenes], big).row()}")
+        print(f"{name:<20} {'source':<6} {score(sd, latents, source_analyses, sources, source_colours, big).row()}")
     for (name, p), latents in methods.items():
         print(f"{name:<20} {p:<6} {score(sd, latents, source_analyses, prompts[p], colours, big).row()}")
 

@@ -1,7 +1,8 @@
 """Run every benchmark in this folder, one after the other: ``make bench``.
 
 Each benchmark times the project's code against a reference measured in the same run and prints
-the ratio, so figures stay comparable on shared, noisy machines. Pass ``--quick`` for fewer repeats.
+the ratio, so figures stay comparable on shared, noisy machines. Pass ``--quick`` for fewer repeats
+and ``--threads N`` to fix torch's threads (every script takes both): ``make bench ARGS="--quick"``.
 """
 from __future__ import annotations
 

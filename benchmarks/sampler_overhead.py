@@ -43,9 +43,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="3 repeats")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the sampler's own overhead)")
     args = parser.parse_args()
     repeats = 3 if args.quick else args.repeats
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     sched = NoiseSchedule.from_name("scaled_linear")
     shape = (2, 4, 64, 64)  # SD's 512x512 latent, batch 2
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))

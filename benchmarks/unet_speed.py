@@ -68,9 +68,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--size", type=int, default=32, help="latent height and width")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     if args.quick:
         args.repeats = 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError(f"need --repeats >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
 

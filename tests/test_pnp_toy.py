@@ -23,11 +23,12 @@ What does NOT hold on the toy model, and so is not asserted: the issue's mean ma
 A small object (half extent 8 px, one latent pixel) loses ~0.2 IoU to a boundary moved by one pixel
 ((8 / 9)^2 = 0.79 for a square), a big one (14 px) ~0.13, and the toy model does not keep the mask
 better than that even when nothing is asked to change: the round trip (source caption, full
-injection) keeps 0.80 on the benchmark's 20 images and plain DDIM reconstruction at s = 1 0.93, so
-it is the guidance (s = 5) that moves the boundary. Nor does "SDEdit at comparable success keeps the
-mask worse" hold at low strengths: at 0.2-0.3 SDEdit changes the colour in 85-90% of the images and
-keeps the mask as well as Plug-and-Play (the toy's colour is a low-frequency attribute that a few
-steps repaint). Both are in the closing note of #7 and in notebook 08, section 6.
+injection) keeps 0.80 on the benchmark's 20 images at guidance 5, 0.83 at 3 and 0.89 at 1 (plain
+DDIM reconstruction 0.93): it is the guidance that moves the boundary. Nor does "SDEdit at
+comparable success keeps the mask worse" hold at low strengths: at 0.2-0.3 SDEdit makes the edit in
+80-85% of the images and keeps the mask better than Plug-and-Play (0.78-0.79; the toy's colour is a
+low-frequency attribute that a few steps repaint). Both are in the closing note of #7 and in
+notebook 08, section 6.
 
 Run time: ~55 s of CPU with OMP_NUM_THREADS=1 (inversion, translation, zero injection and
 SDEdit of 20 images).
@@ -74,7 +75,8 @@ def results() -> dict:
     for method, zs in latents.items():
         analyses = analyze_batch(torch.cat([sd.decode(z) for z in zs]) * 2 - 1)  # decode: (n, 3, 64, 64) in [0, 1]
         out[method] = {
-            "success": np.array([a.found and all(matches(a, parse_caption(p)).values()) for a, p in zip(analyses, prompts)]),
+            "success": np.array([a.found and all(matches(a, parse_caption(p)).values())
+                                 for a, p in zip(analyses, prompts)]),
             "iou": np.array([mask_iou(a.mask, s.mask) for a, s in zip(analyses, sources)]),
         }
         print(f"{method}: success {out[method]['success'].mean():.0%}, mask IoU {out[method]['iou'].mean():.3f} "

@@ -40,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -127,7 +126,8 @@ def train_vae(run: Path, steps: int, batch_size: int, lr: float, device: str, ev
         if (step + 1) % every == 0 or step + 1 in (steps, until):
             with torch.no_grad():
                 vae.eval()
-                p = torch.cat([psnr(vae(held_out[i:i + 64]), held_out[i:i + 64]) for i in range(0, eval_images, 64)])
+                p = torch.cat([psnr(vae(held_out[i:i + 64]), held_out[i:i + 64])
+                               for i in range(0, eval_images, 64)])
                 vae.train()
             meta["history"]["eval_psnr"].append([step + 1, p.mean().item()])
             meta["step"] = step + 1
