@@ -12,7 +12,6 @@ models and hand-built attention maps.
 """
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -24,7 +23,7 @@ from editing.token_maps import equalizer, refinement_map, replacement_map
 from ldm.pipeline import StableDiffusion
 from ldm.tokenizer import WordTokenizer
 from tests.test_pipeline import WORD_TEXT, WORDS, random_parts, save_project
-from toyworld.model import toy_tokenizer, toy_unet_config
+from toyworld.model import toy_unet_config
 from unet.config import UNetConfig
 from unet.editor import Editor, Site
 from unet.model import UNet

@@ -1,6 +1,5 @@
 """The toy model's trainer: checkpoints restore everything, a resumed run equals an uninterrupted one,
 the learning-rate schedule and PSNR are what their docstrings say, and the export loads."""
-import math
 
 import pytest
 import torch
