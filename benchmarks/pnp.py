@@ -23,8 +23,10 @@ and the analyzer (toyworld/analyze.py) scores each translation against the rende
    VAE alone, D(E(x)), is the ceiling of any latent method.
 2. Methods, at the library's default inversion steps: Plug-and-Play (0.8 / 0.5), without features
    (0 / 0.5), without attention (0.8 / 0), zero injection (0 / 0: plain image-to-image from z_T^G),
-   and SDEdit at ``--strengths`` (seed 0), as the paper's ablation table; two variants: the features
-   of every decoder ResBlock injected (the toy has four) and Plug-and-Play at ``--low-guidance`` (3).
+   and SDEdit at ``--strengths`` (seed 0), as the paper's ablation table; variants: the features of
+   every decoder ResBlock injected (the toy has four; 0.8 / 0.5, and 1.0 / 1.0, which shows what the
+   paper avoids by injecting one layer: the finer layers carry the source's appearance too), and
+   Plug-and-Play at ``--low-guidance`` (3).
    Ceilings with the source caption (nothing asked to change): plain DDIM reconstruction (s = 1)
    and the Plug-and-Play round trip (1.0 / 1.0) at guidance 5, ``--low-guidance`` and 1. IoU is
    split by the input's object size: a small object (half extent 8 px, one latent pixel) loses ~0.2
@@ -142,6 +144,7 @@ def toy_tables(args: argparse.Namespace) -> None:
     invert_s = {n: [] for n in ns}
     study = {(n, p): [] for n in ns for p in prompts}  # translations' latents
     variants = {"every dec. ResBlock": (0.8, 0.5, g),  # (feature, attention injection, guidance)
+                "  ... for all steps": (1.0, 1.0, g),
                 f"PnP guidance {args.low_guidance:g}": (0.8, 0.5, args.low_guidance)}
     methods = {(m, p): [] for m in [*ABLATIONS, *variants, *(f"SDEdit {s:g}" for s in args.strengths)] for p in prompts}
     times = {"plain sampling": [], "Plug-and-Play": [], "  inversion": [], "  translation": []}
@@ -187,8 +190,8 @@ def toy_tables(args: argparse.Namespace) -> None:
                         attention_injection=a, progress=False)
                     methods[name, p].append(z)
                 for name, (f, a, guidance) in variants.items():
-                    editor = (EveryDecoderResBlock(injection_sites(sd.unet.sites), steps, f, a)
-                              if name.startswith("every") else None)
+                    editor = (None if name.startswith("PnP") else
+                              EveryDecoderResBlock(injection_sites(sd.unet.sites), steps, f, a))
                     methods[name, p].append(plug_and_play(sd, inv, prompts[p][-1], negative_prompt="",
                                                           guidance_scale=guidance, feature_injection=f,
                                                           attention_injection=a, editor=editor, progress=False))
