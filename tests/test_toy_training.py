@@ -45,6 +45,12 @@ def test_vae_stage_resumed_equals_uninterrupted(tmp_path):
     assert _same_state(straight, resumed)
 
 
+@pytest.mark.parametrize("eval_images", [0, -1, 2.5, True])
+def test_vae_stage_refuses_a_bad_held_out_size(tmp_path, eval_images):
+    with pytest.raises(ValueError, match="eval_images must be a positive int"):
+        train.train_vae(tmp_path, steps=1, batch_size=1, lr=1e-3, device="cpu", every=1, eval_images=eval_images)
+
+
 def test_diffusion_stage_resumed_equals_uninterrupted_and_exports(tmp_path):
     torch.manual_seed(0)
     means, stds = torch.randn(16, 4, 8, 8), torch.rand(16, 4, 8, 8) * 0.1

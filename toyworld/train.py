@@ -101,6 +101,8 @@ def train_vae(run: Path, steps: int, batch_size: int, lr: float, device: str, ev
               until: int | None = None, eval_images: int = 256) -> AutoencoderKL:
     """Stage 1 for ``steps`` steps (or only up to step ``until``, to split a run), resuming from ``run/vae``;
     the log's held-out PSNR is over ``eval_images`` images."""
+    if isinstance(eval_images, bool) or not isinstance(eval_images, int) or eval_images < 1:
+        raise ValueError(f"eval_images must be a positive int, got {eval_images!r}")
     torch.manual_seed(0)
     vae = AutoencoderKL(toy_vae_config()).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
