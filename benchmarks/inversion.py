@@ -42,10 +42,10 @@ from ldm.pipeline import StableDiffusion  # noqa: E402
 from toyworld.evaluate import psnr_db  # noqa: E402
 from toyworld.render import ToyDataset  # noqa: E402
 from toyworld.world import caption  # noqa: E402
+from _unseen import add_unseen_image_args, apply_unseen_image_args  # noqa: E402  (benchmarks/_unseen.py)
 
 METHODS = {"DDIM inversion": ddim_inversion, "negative-prompt": negative_prompt_inversion,
            "null-text": null_text_inversion}
-UNSEEN_SEED = 31415  # any ToyDataset seed but training's 1
 
 
 def run_method(sd: StableDiffusion, name: str, z0: torch.Tensor, prompt: str, steps: int, guidance: float,
@@ -124,24 +124,13 @@ def sd_table(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Reconstruction quality and time of DDIM, negative-prompt and "
                                             "null-text inversion.")
-    p.add_argument("--weights", type=Path, default=Path("weights/toy"))
-    p.add_argument("--images", type=int, default=16)
-    p.add_argument("--seed", type=int, default=UNSEEN_SEED, help="ToyDataset seed of the images (not 1: training's)")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=7.5)
+    add_unseen_image_args(p, images=16, guidance=7.5)
     p.add_argument("--inner-steps", type=int, default=10)
-    p.add_argument("--quick", action="store_true", help="4 images (a smoke run, not the figures)")
-    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--sd", action="store_true", help="also time the SD v1.5 configuration (random weights)")
     p.add_argument("--sd-steps", type=int, default=3)
     p.add_argument("--sd-inner-steps", type=int, default=5)
     args = p.parse_args(argv)
-    if args.quick:
-        args.images = 4
-    if args.images < 1 or args.seed == 1:
-        p.error(f"need --images >= 1 and a --seed other than training's 1, got {args.images} and {args.seed}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_unseen_image_args(p, args)
     toy_table(args)
     if args.sd:
         sd_table(args)

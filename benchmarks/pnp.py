@@ -69,8 +69,8 @@ from toyworld.evaluate import psnr_db  # noqa: E402
 from toyworld.model import TOY_GUIDANCE_SCALE  # noqa: E402
 from toyworld.render import ToyDataset  # noqa: E402
 from toyworld.world import caption, parse_caption  # noqa: E402
+from _unseen import add_unseen_image_args, apply_unseen_image_args  # noqa: E402  (benchmarks/_unseen.py)
 
-UNSEEN_SEED = 31415  # any ToyDataset seed but training's 1
 ABLATIONS = {"Plug-and-Play": (0.8, 0.5), "no features": (0.0, 0.5), "no attention": (0.8, 0.0),
              "zero injection": (0.0, 0.0)}
 DEFAULT_INVERSION_STEPS = inspect.signature(invert_guidance_image).parameters["inversion_steps"].default
@@ -296,25 +296,14 @@ def sd_table(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Plug-and-Play: time, inversion steps, and what it keeps against SDEdit.")
-    p.add_argument("--weights", type=Path, default=Path("weights/toy"))
-    p.add_argument("--images", type=int, default=20)
-    p.add_argument("--seed", type=int, default=UNSEEN_SEED, help="ToyDataset seed of the images (not 1: training's)")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=TOY_GUIDANCE_SCALE)
+    add_unseen_image_args(p, images=20, guidance=TOY_GUIDANCE_SCALE)
     p.add_argument("--inversion-steps", type=int, nargs="+", default=[50, 200, 999])
     p.add_argument("--low-guidance", type=float, default=3.0, help="a second guidance scale for Plug-and-Play")
     p.add_argument("--strengths", type=float, nargs="+", default=[0.2, 0.3, 0.5, 0.7], help="SDEdit strengths")
-    p.add_argument("--quick", action="store_true", help="4 images (a smoke run, not the figures)")
-    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-sd", action="store_true", help="skip the SD v1.5-size timing")
     p.add_argument("--sd-steps", type=int, default=3)
     args = p.parse_args(argv)
-    if args.quick:
-        args.images = 4
-    if args.images < 1 or args.seed == 1:
-        p.error(f"need --images >= 1 and a --seed other than training's 1, got {args.images} and {args.seed}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_unseen_image_args(p, args)
     toy_tables(args)
     if not args.no_sd:
         sd_table(args)
