@@ -55,14 +55,42 @@ from weights.unet_loading import save_unet
 from weights.vae_loading import save_vae
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .model import TOY_IMAGE_SIZE, TOY_SCHEDULE, toy_text_config, toy_tokenizer, toy_unet_config, toy_vae_config
+from .model import RECIPES, TOY_IMAGE_SIZE, TOY_SCHEDULE, ToyRecipe, toy_vae_config
 from .render import ToyDataset
-from .world import random_caption
+from .scenes import MultiScene, SceneDataset, SceneObject, random_description
+from .world import Scene, random_caption
 
 KL_WEIGHT = 1e-6
 CAPTION_DROPOUT = 0.1
 EMA_DECAY = 0.999
 TRAIN_SEED, EVAL_SEED = 1, 999  # ToyDataset seeds: training images, held-out images for the logs
+
+
+DEFAULT_RECIPE = RECIPES["toy1"]
+
+
+def dataset(recipe: ToyRecipe, seed: int) -> ToyDataset | SceneDataset:
+    """The recipe's world as a seeded dataset of (image, caption, scene)."""
+    return ToyDataset(seed) if recipe.world == "single" else SceneDataset(seed)
+
+
+def training_caption(recipe: ToyRecipe, scene, rng: np.random.Generator) -> str:
+    """A caption of ``scene`` with attributes left out at random (the world's own rule)."""
+    return random_caption(scene, rng) if recipe.world == "single" else random_description(scene, rng)
+
+
+def scene_to_json(scene) -> dict:
+    if isinstance(scene, Scene):
+        return {"kind": "single", **{k: getattr(scene, k) for k in scene.__dataclass_fields__}}
+    return {"kind": "scene", "background": scene.background, "phase": scene.phase,
+            "objects": [{k: getattr(o, k) for k in o.__dataclass_fields__} for o in scene.objects]}
+
+
+def scene_from_json(d: dict):
+    d = dict(d)
+    if d.pop("kind") == "single":
+        return Scene(**d)
+    return MultiScene(tuple(SceneObject(**o) for o in d["objects"]), d["background"], d["phase"])
 
 
 def log_line(run: Path, text: str) -> None:
@@ -98,19 +126,19 @@ def vae_loss(vae: AutoencoderKL, x: torch.Tensor, generator: torch.Generator) ->
 
 
 def train_vae(run: Path, steps: int, batch_size: int, lr: float, device: str, every: int,
-              until: int | None = None, eval_images: int = 256) -> AutoencoderKL:
+              until: int | None = None, eval_images: int = 256, recipe: ToyRecipe = DEFAULT_RECIPE) -> AutoencoderKL:
     """Stage 1 for ``steps`` steps (or only up to step ``until``, to split a run), resuming from ``run/vae``;
     the log's held-out PSNR is over ``eval_images`` images."""
     if isinstance(eval_images, bool) or not isinstance(eval_images, int) or eval_images < 1:
         raise ValueError(f"eval_images must be a positive int, got {eval_images!r}")
     torch.manual_seed(0)
-    vae = AutoencoderKL(toy_vae_config()).to(device)
+    vae = AutoencoderKL(recipe.vae).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     ckpt, meta = run / "vae", {"step": 0, "history": {"step": [], "loss": [], "eval_psnr": []}}
     if ckpt.with_suffix(".json").exists():
         meta = load_checkpoint(ckpt, vae, None, opt)
         log_line(run, f"vae: resumed at step {meta['step']}")
-    data, held_out = ToyDataset(TRAIN_SEED), ToyDataset(EVAL_SEED).batch(range(eval_images))[0].to(device)
+    data, held_out = dataset(recipe, TRAIN_SEED), dataset(recipe, EVAL_SEED).batch(range(eval_images))[0].to(device)
     bar = tqdm(range(meta["step"], min(steps, until or steps)), desc="vae", initial=meta["step"], total=steps)
     for step in bar:
         for group in opt.param_groups:
@@ -141,33 +169,37 @@ def train_vae(run: Path, steps: int, batch_size: int, lr: float, device: str, ev
 
 
 @torch.no_grad()
-def measure_latent_scale(vae: AutoencoderKL, device: str, n: int = 2048) -> float:
+def measure_latent_scale(vae: AutoencoderKL, device: str, n: int = 2048, recipe: ToyRecipe = DEFAULT_RECIPE) -> float:
     """1 / std of z ~ q(z|x) over ``n`` fresh images (LDM appendix G; SD's 0.18215 came this way)."""
-    x = ToyDataset(EVAL_SEED + 1).batch(range(n))[0]
+    x = dataset(recipe, EVAL_SEED + 1).batch(range(n))[0]
     z = torch.cat([vae.encode(x[i:i + 256].to(device)).sample(torch.Generator().manual_seed(i)).cpu()
                    for i in range(0, n, 256)])
     return float(1 / z.std())
 
 
 @torch.no_grad()
-def encode_dataset(vae: AutoencoderKL, n: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The posterior mean and std of ``n`` training images (B, 4, 8, 8) each: stage 2 samples z from them."""
-    data, means, stds = ToyDataset(TRAIN_SEED + 1), [], []
+def encode_dataset(vae: AutoencoderKL, n: int, device: str,
+                   recipe: ToyRecipe = DEFAULT_RECIPE) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """The posterior mean and std of ``n`` training images ((B, 4, S, S) each: stage 2 samples z from
+    them) and their scenes (stage 2 captions them anew at every step)."""
+    data, means, stds, scenes = dataset(recipe, TRAIN_SEED + 1), [], [], []
     for i in tqdm(range(0, n, 256), desc="encode"):
-        posterior = vae.encode(data.batch(range(i, min(i + 256, n)))[0].to(device))
+        images, _, batch_scenes = data.batch(range(i, min(i + 256, n)))
+        posterior = vae.encode(images.to(device))
         means.append(posterior.mean.cpu())
         stds.append(posterior.std.cpu())
-    return torch.cat(means), torch.cat(stds)
+        scenes += batch_scenes
+    return torch.cat(means), torch.cat(stds), scenes
 
 
 # Stage 2: text encoder + U-Net ----------------------------------------------------------------
 class TextToLatent(nn.Module):
     """The two networks trained together; ``forward`` is the conditional eps model eps(z_t, t, caption)."""
 
-    def __init__(self) -> None:
+    def __init__(self, recipe: ToyRecipe = DEFAULT_RECIPE) -> None:
         super().__init__()
-        self.unet = UNet(toy_unet_config())
-        self.text_encoder = CLIPTextModel(toy_text_config())
+        self.unet = UNet(recipe.unet)
+        self.text_encoder = CLIPTextModel(recipe.text)
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         context = self.text_encoder(ids).last_hidden_state  # (B, 77, 64)
@@ -182,20 +214,33 @@ def ema_update(ema: nn.Module, model: nn.Module, step: int) -> None:
 
 
 def train_diffusion(run: Path, vae_scale: float, means: torch.Tensor, stds: torch.Tensor, steps: int,
-                    batch_size: int, lr: float, device: str, every: int, until: int | None = None) -> TextToLatent:
-    """Stage 2 for ``steps`` steps (or up to step ``until``), resuming from ``run/diffusion``; returns the EMA."""
+                    batch_size: int, lr: float, device: str, every: int, until: int | None = None,
+                    recipe: ToyRecipe = DEFAULT_RECIPE, scenes: list | None = None,
+                    text_encoder: CLIPTextModel | None = None) -> TextToLatent:
+    """Stage 2 for ``steps`` steps (or up to step ``until``), resuming from ``run/diffusion``; returns the EMA.
+
+    ``scenes`` are the encoded images' scenes (default: drawn again from the dataset). A recipe
+    whose text encoder is frozen takes it as ``text_encoder`` (trained by ``toyworld.clip_pretrain``)
+    and trains the U-Net alone."""
     torch.manual_seed(0)
-    model = TextToLatent().to(device)
+    model = TextToLatent(recipe)
+    if recipe.text_training == "frozen":
+        if text_encoder is None:
+            raise ValueError(f"recipe {recipe.name} trains with a frozen text encoder; pass text_encoder=")
+        model.text_encoder.load_state_dict(text_encoder.state_dict())
+        model.text_encoder.requires_grad_(False)
+    model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     ckpt, meta = run / "diffusion", {"step": 0, "history": {"step": [], "loss": []}}
     if ckpt.with_suffix(".json").exists():
         meta = load_checkpoint(ckpt, model, ema, opt)
         log_line(run, f"diffusion: resumed at step {meta['step']}")
     schedule = NoiseSchedule.from_name(TOY_SCHEDULE["beta_schedule"], beta_start=TOY_SCHEDULE["beta_start"],
                                        beta_end=TOY_SCHEDULE["beta_end"])
-    tokenizer, scenes = toy_tokenizer(), ToyDataset(TRAIN_SEED + 1)
+    tokenizer, data = recipe.tokenizer(), dataset(recipe, TRAIN_SEED + 1)
     n = means.shape[0]
+    scene_of = (lambda i: data.scene_and_caption(i)[0]) if scenes is None else scenes.__getitem__
     running = []
     bar = tqdm(range(meta["step"], min(steps, until or steps)), desc="diffusion", initial=meta["step"], total=steps)
     for step in bar:
@@ -204,10 +249,10 @@ def train_diffusion(run: Path, vae_scale: float, means: torch.Tensor, stds: torc
         rng = np.random.default_rng([TRAIN_SEED, step])
         gen = torch.Generator().manual_seed(step)
         idx = rng.integers(n, size=batch_size)
-        captions = ["" if rng.random() < CAPTION_DROPOUT else random_caption(scenes.scene_and_caption(int(i))[0], rng)
+        captions = ["" if rng.random() < CAPTION_DROPOUT else training_caption(recipe, scene_of(int(i)), rng)
                     for i in idx]
         eps = torch.randn(means[idx].shape, generator=gen)
-        z0 = (vae_scale * (means[idx] + stds[idx] * eps)).to(device)  # (B, 4, 8, 8): z_0 ~ scale * q(z|x)
+        z0 = (vae_scale * (means[idx] + stds[idx] * eps)).to(device)  # (B, 4, S, S): z_0 ~ scale * q(z|x)
         ids = tokenizer(captions).to(device)
         loss = diffusion_loss(model, z0, schedule, generator=gen, model_kwargs={"ids": ids})
         opt.zero_grad(set_to_none=True)
@@ -255,15 +300,17 @@ def plot_history(run: Path, out: Path) -> None:
     plt.close(fig)
 
 
-def export(out: Path, vae: AutoencoderKL, scale: float, model: TextToLatent) -> None:
-    vae_cfg = toy_vae_config(scaling_factor=scale)
-    final_vae = AutoencoderKL(vae_cfg)
+def export(out: Path, vae: AutoencoderKL, scale: float, model: TextToLatent,
+           recipe: ToyRecipe = DEFAULT_RECIPE) -> None:
+    from dataclasses import replace
+
+    final_vae = AutoencoderKL(replace(recipe.vae, scaling_factor=scale))
     final_vae.load_state_dict(vae.state_dict())
     out.mkdir(parents=True, exist_ok=True)
     save_unet(model.unet.cpu(), out)
     save_vae(final_vae, out)
     save_text_encoder(model.text_encoder.cpu(), out)
-    tokenizer = toy_tokenizer()
+    tokenizer = recipe.tokenizer()
     tokenizer.save(out / "tokenizer")
     schedule = dict(TOY_SCHEDULE)
     write_json(manifest(scale, tokenizer, schedule, image_size=TOY_IMAGE_SIZE), out / "model.json")
@@ -271,45 +318,103 @@ def export(out: Path, vae: AutoencoderKL, scale: float, model: TextToLatent) -> 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="toy1",
+                   help="the world and networks to train (toyworld/model.py; default toy1, the shipped model)")
     p.add_argument("--run", type=Path, default=Path("runs/toy"), help="checkpoints and train.log (default runs/toy)")
+    p.add_argument("--vae-run", type=Path, default=None,
+                   help="where stage 1's checkpoint and the encoded latents live (default: --run); "
+                        "runs of one world can share one autoencoder")
     p.add_argument("--out", type=Path, default=Path("weights/toy"), help="where the trained model goes")
     p.add_argument("--vae-steps", type=int, default=2500)
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--clip-steps", type=int, default=3000, help="contrastive text-encoder steps (frozen recipes)")
+    p.add_argument("--clip-batch", type=int, default=256)
+    p.add_argument("--clip-lr", type=float, default=1e-3)
     p.add_argument("--diffusion-steps", type=int, default=7000)
     p.add_argument("--diffusion-batch", type=int, default=64)
     p.add_argument("--diffusion-lr", type=float, default=1e-3)
     p.add_argument("--latent-images", type=int, default=40000, help="training images encoded for stage 2")
     p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--stop-after", choices=("vae", "clip", "diffusion"), default=None,
+                   help="end after this stage (no export): to share stage 1 between runs")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
-    for name in ("vae_steps", "vae_batch", "diffusion_steps", "diffusion_batch", "latent_images", "checkpoint_every"):
+    for name in ("vae_steps", "vae_batch", "clip_steps", "clip_batch", "diffusion_steps", "diffusion_batch",
+                 "latent_images", "checkpoint_every"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args
+
+
+def encoded_latents(run: Path, vae: AutoencoderKL, n: int, device: str, recipe: ToyRecipe):
+    """Stage 2's training set, encoded once and cached in ``run``: posterior means and stds, and scenes."""
+    from weights.io import read_json, read_safetensors, write_safetensors
+
+    cache, scene_file = run / "latents.safetensors", run / "scenes.json"
+    if cache.exists() and scene_file.exists():
+        stored = read_safetensors(cache)
+        if stored["mean"].shape[0] == n:
+            return stored["mean"], stored["std"], [scene_from_json(d) for d in read_json(scene_file)]
+    means, stds, scenes = encode_dataset(vae, n, device, recipe)
+    write_safetensors({"mean": means, "std": stds}, cache)
+    write_json([scene_to_json(s) for s in scenes], scene_file)
+    return means, stds, scenes
+
+
+def pretrain_text_encoder(run: Path, recipe: ToyRecipe, means: torch.Tensor, scale: float, scenes: list,
+                          args: argparse.Namespace) -> CLIPTextModel:
+    """The frozen recipes' text encoder: CLIP's objective against the latents (toyworld/clip_pretrain.py);
+    cached as ``run/clip_text.safetensors``."""
+    from weights.io import read_safetensors
+
+    from .clip_pretrain import ContrastivePair, save_text_encoder_state, train_clip
+
+    text_encoder = CLIPTextModel(recipe.text)
+    path = run / "clip_text.safetensors"
+    if path.exists():
+        text_encoder.load_state_dict(read_safetensors(path))
+        log_line(run, f"clip: text encoder read from {path}")
+        return text_encoder.to(args.device)
+    torch.manual_seed(0)
+    pair = ContrastivePair(text_encoder, recipe.vae.latent_channels, recipe.latent_side).to(args.device)
+    tokenizer = recipe.tokenizer()
+    history = train_clip(pair, scale * means, lambda idx, rng: [training_caption(recipe, scenes[i], rng) for i in idx],
+                         tokenizer, args.clip_steps, args.clip_batch, args.clip_lr, args.device,
+                         lambda text: log_line(run, text))
+    save_text_encoder_state(pair.text_encoder, path)
+    write_json({"history": history}, run / "clip.json")
+    return pair.text_encoder.requires_grad_(False)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.run.mkdir(parents=True, exist_ok=True)
+    recipe = RECIPES[args.recipe]
+    vae_run = args.vae_run or args.run
+    for folder in (args.run, vae_run):
+        folder.mkdir(parents=True, exist_ok=True)
     log_line(args.run, f"training the toy model on {args.device}: {vars(args)}")
-    vae = train_vae(args.run, args.vae_steps, args.vae_batch, args.vae_lr, args.device, args.checkpoint_every)
-    scale = measure_latent_scale(vae, args.device)
+    vae = train_vae(vae_run, args.vae_steps, args.vae_batch, args.vae_lr, args.device, args.checkpoint_every,
+                    recipe=recipe)
+    scale = measure_latent_scale(vae, args.device, recipe=recipe)
     log_line(args.run, f"latent scale 1/std = {scale:.5f}")
-    cache = args.run / "latents.safetensors"
-    from weights.io import read_safetensors, write_safetensors
-    if cache.exists():
-        stored = read_safetensors(cache)
-        means, stds = stored["mean"], stored["std"]
-    if not cache.exists() or means.shape[0] != args.latent_images:
-        means, stds = encode_dataset(vae, args.latent_images, args.device)
-        write_safetensors({"mean": means, "std": stds}, cache)
+    means, stds, scenes = encoded_latents(vae_run, vae, args.latent_images, args.device, recipe)
+    if args.stop_after == "vae":
+        return 0
+    text_encoder = None
+    if recipe.text_training == "frozen":
+        text_encoder = pretrain_text_encoder(args.run, recipe, means, scale, scenes, args)
+    if args.stop_after == "clip":
+        return 0
     model = train_diffusion(args.run, scale, means, stds, args.diffusion_steps, args.diffusion_batch,
-                            args.diffusion_lr, args.device, args.checkpoint_every)
-    export(args.out, vae.cpu(), scale, model.cpu())
+                            args.diffusion_lr, args.device, args.checkpoint_every, recipe=recipe, scenes=scenes,
+                            text_encoder=text_encoder)
+    if args.stop_after == "diffusion":
+        return 0
+    export(args.out, vae.cpu(), scale, model.cpu(), recipe)
     plot_history(args.run, args.out)
     log_line(args.run, f"wrote {args.out}")
     return 0
