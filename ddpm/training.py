@@ -30,13 +30,25 @@ def diffusion_loss(
     prediction_type: str = "epsilon",
     generator: torch.Generator | None = None,
     model_kwargs: dict[str, Any] | None = None,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One Monte-Carlo estimate of L_simple (Eq. 14) on the batch ``x0``: Algorithm 1, lines 2-5."""
+    """One Monte-Carlo estimate of L_simple (Eq. 14) on the batch ``x0``: Algorithm 1, lines 2-5.
+
+    t (uniform over the timesteps) and the noise eps are drawn from ``generator`` in that order,
+    unless given (a data-parallel trainer draws them for the whole batch and passes each process's
+    share)."""
     if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
         raise ValueError(f"x0 must be a floating-point tensor, got {type(x0).__name__}")
     B = x0.shape[0]
-    t = torch.randint(0, schedule.num_train_timesteps, (B,), generator=generator).to(x0.device)
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    if (t is None) != (noise is None):
+        raise ValueError("give both t and noise, or neither")
+    if t is None:
+        t = torch.randint(0, schedule.num_train_timesteps, (B,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+    if t.shape != (B,) or noise.shape != x0.shape:
+        raise ValueError(f"t {tuple(t.shape)} and noise {tuple(noise.shape)} must have shapes ({B},) and {tuple(x0.shape)}")
+    t, eps = t.to(x0.device), noise.to(x0.device)
     x_t = q_sample(schedule, x0, t, eps)
     target = training_target(schedule, x0, t, eps, prediction_type)
     prediction = model(x_t, t, **(model_kwargs or {}))

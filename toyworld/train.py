@@ -35,6 +35,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -54,6 +55,7 @@ from weights.model_folder import manifest
 from weights.unet_loading import save_unet
 from weights.vae_loading import save_vae
 
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .model import RECIPES, TOY_IMAGE_SIZE, TOY_SCHEDULE, ToyRecipe, toy_vae_config
 from .render import ToyDataset
@@ -94,6 +96,8 @@ def scene_from_json(d: dict):
 
 
 def log_line(run: Path, text: str) -> None:
+    if not distributed.is_main():
+        return
     stamp = time.strftime("%H:%M:%S")
     line = f"[{stamp}] {text}"
     print(line, flush=True)
@@ -116,9 +120,10 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 # Stage 1: the autoencoder -------------------------------------------------------------------
-def vae_loss(vae: AutoencoderKL, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def vae_loss(vae: AutoencoderKL, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stage-1 loss of the module docstring on images x, with z = mean + std * noise."""
     posterior = vae.encode(x)
-    z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(x.device)
+    z = posterior.mean + posterior.std * noise.to(x.device)
     x_hat = vae.decode(z)  # (B, 3, 64, 64)
     rec = (x - x_hat).abs().mean() + (x - x_hat).square().mean()
     kl = posterior.kl().mean() / x[0].numel()  # per image, per pixel value
@@ -139,20 +144,27 @@ def train_vae(run: Path, steps: int, batch_size: int, lr: float, device: str, ev
         meta = load_checkpoint(ckpt, vae, None, opt)
         log_line(run, f"vae: resumed at step {meta['step']}")
     data, held_out = dataset(recipe, TRAIN_SEED), dataset(recipe, EVAL_SEED).batch(range(eval_images))[0].to(device)
-    bar = tqdm(range(meta["step"], min(steps, until or steps)), desc="vae", initial=meta["step"], total=steps)
+    bar = tqdm(range(meta["step"], min(steps, until or steps)), desc="vae", initial=meta["step"], total=steps,
+               disable=not distributed.is_main())
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, steps, lr)
-        x = data.batch(range(step * batch_size, (step + 1) * batch_size))[0].to(device)
-        loss, _ = vae_loss(vae, x, torch.Generator().manual_seed(step))
+        part = distributed.shard(batch_size)  # this process's items (all of them in one process)
+        x = data.batch(range(step * batch_size + part.start, step * batch_size + part.stop))[0].to(device)
+        side = TOY_IMAGE_SIZE // recipe.vae.downsample_factor
+        noise = torch.randn((batch_size, recipe.vae.latent_channels, side, side),
+                            generator=torch.Generator().manual_seed(step))[part]
+        loss, _ = vae_loss(vae, x, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(vae.parameters())
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        value = distributed.mean(loss)  # the whole batch's loss
+        bar.set_postfix(loss=f"{value:.4f}")
         if (step + 1) % 10 == 0:
             meta["history"]["step"].append(step + 1)
-            meta["history"]["loss"].append(loss.item())
+            meta["history"]["loss"].append(value)
         if (step + 1) % every == 0 or step + 1 in (steps, until):
             with torch.no_grad():
                 vae.eval()
@@ -161,8 +173,9 @@ def train_vae(run: Path, steps: int, batch_size: int, lr: float, device: str, ev
                 vae.train()
             meta["history"]["eval_psnr"].append([step + 1, p.mean().item()])
             meta["step"] = step + 1
-            save_checkpoint(ckpt, vae, None, opt, meta)
-            log_line(run, f"vae step {step + 1}/{steps}: loss {loss.item():.4f}, held-out PSNR {p.mean():.2f} dB "
+            if distributed.is_main():
+                save_checkpoint(ckpt, vae, None, opt, meta)
+            log_line(run, f"vae step {step + 1}/{steps}: loss {value:.4f}, held-out PSNR {p.mean():.2f} dB "
                           f"(min {p.min():.2f})")
     vae.eval()
     return vae
@@ -242,7 +255,8 @@ def train_diffusion(run: Path, vae_scale: float, means: torch.Tensor, stds: torc
     n = means.shape[0]
     scene_of = (lambda i: data.scene_and_caption(i)[0]) if scenes is None else scenes.__getitem__
     running = []
-    bar = tqdm(range(meta["step"], min(steps, until or steps)), desc="diffusion", initial=meta["step"], total=steps)
+    bar = tqdm(range(meta["step"], min(steps, until or steps)), desc="diffusion", initial=meta["step"], total=steps,
+               disable=not distributed.is_main())
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, steps, lr)
@@ -253,14 +267,18 @@ def train_diffusion(run: Path, vae_scale: float, means: torch.Tensor, stds: torc
                     for i in idx]
         eps = torch.randn(means[idx].shape, generator=gen)
         z0 = (vae_scale * (means[idx] + stds[idx] * eps)).to(device)  # (B, 4, S, S): z_0 ~ scale * q(z|x)
-        ids = tokenizer(captions).to(device)
-        loss = diffusion_loss(model, z0, schedule, generator=gen, model_kwargs={"ids": ids})
+        t = torch.randint(0, schedule.num_train_timesteps, (batch_size,), generator=gen)  # diffusion_loss's order
+        noise = torch.randn(z0.shape, generator=gen)
+        part = distributed.shard(batch_size)  # this process's items (all of them in one process)
+        ids = tokenizer(captions[part]).to(device)
+        loss = diffusion_loss(model, z0[part], schedule, t=t[part], noise=noise[part], model_kwargs={"ids": ids})
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(model.parameters())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         ema_update(ema, model, step)
-        running.append(loss.item())
+        running.append(distributed.mean(loss))  # the whole batch's loss
         if (step + 1) % 10 == 0:
             meta["history"]["step"].append(step + 1)
             meta["history"]["loss"].append(float(np.mean(running)))
@@ -268,7 +286,8 @@ def train_diffusion(run: Path, vae_scale: float, means: torch.Tensor, stds: torc
             running = []
         if (step + 1) % every == 0 or step + 1 in (steps, until):
             meta["step"] = step + 1
-            save_checkpoint(ckpt, model, ema, opt, meta)
+            if distributed.is_main():
+                save_checkpoint(ckpt, model, ema, opt, meta)
             last = meta["history"]["loss"][-1] if meta["history"]["loss"] else float("nan")
             log_line(run, f"diffusion step {step + 1}/{steps}: loss (mean of the last 10 steps) {last:.4f}")
     return ema
@@ -392,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    distributed.init_from_env(args.device)
+    if args.device == "cuda" and distributed.world_size() > 1:
+        args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per process
     recipe = RECIPES[args.recipe]
     vae_run = args.vae_run or args.run
     for folder in (args.run, vae_run):
@@ -401,18 +423,24 @@ def main(argv: list[str] | None = None) -> int:
                     recipe=recipe)
     scale = measure_latent_scale(vae, args.device, recipe=recipe)
     log_line(args.run, f"latent scale 1/std = {scale:.5f}")
-    means, stds, scenes = encoded_latents(vae_run, vae, args.latent_images, args.device, recipe)
+    for turn in ("main", "others"):  # process 0 encodes (or reads the cache); the others then read it
+        if distributed.is_main() == (turn == "main"):
+            means, stds, scenes = encoded_latents(vae_run, vae, args.latent_images, args.device, recipe)
+        distributed.barrier()
     if args.stop_after == "vae":
         return 0
     text_encoder = None
     if recipe.text_training == "frozen":
-        text_encoder = pretrain_text_encoder(args.run, recipe, means, scale, scenes, args)
+        for turn in ("main", "others"):  # likewise: process 0 trains the text encoder, the others read it
+            if distributed.is_main() == (turn == "main"):
+                text_encoder = pretrain_text_encoder(args.run, recipe, means, scale, scenes, args)
+            distributed.barrier()
     if args.stop_after == "clip":
         return 0
     model = train_diffusion(args.run, scale, means, stds, args.diffusion_steps, args.diffusion_batch,
                             args.diffusion_lr, args.device, args.checkpoint_every, recipe=recipe, scenes=scenes,
                             text_encoder=text_encoder)
-    if args.stop_after == "diffusion":
+    if args.stop_after == "diffusion" or not distributed.is_main():
         return 0
     export(args.out, vae.cpu(), scale, model.cpu(), recipe)
     plot_history(args.run, args.out)

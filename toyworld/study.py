@@ -1,0 +1,91 @@
+"""One model of the second world, measured: ``python -m toyworld.study --weights DIR --out FILE.json``.
+
+The design study of the second toy model (toyworld/STUDY.md) compares recipes by these figures:
+
+    generation    fresh captions of one, two and three objects: the share of images that show every
+                  named attribute of every object (and no extra object)
+    attention     toyworld.attention_eval's word-map concentration, own > other, IoU, mass shares
+    word swaps    toyworld.scene_edits: baseline vs Prompt-to-Prompt (library defaults, and the
+                  official code's self-attention rule, every map of at most 16x16 pixels)
+    VAE           reconstruction PSNR of fresh renders
+
+``--quick`` runs fewer cases and steps (for short study runs); the full sizes are the defaults.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .attention_eval import diagnose, diagnostic_prompts, summary
+from .scene_analysis import read_scenes, scene_matches
+from .scene_edits import evaluate_swaps, scene_swap_cases, summarize
+from .scenes import SceneDataset, random_description, random_scene
+
+STUDY_SEED = 777  # scenes, prompts and sampling seeds of the study: none is a training index
+
+
+def generation(sd, n: int, objects: int, steps: int, guidance: float, batch: int = 16) -> float:
+    rng = np.random.default_rng([STUDY_SEED, objects])
+    prompts = [random_description(random_scene(rng, n_objects=objects), rng) for _ in range(n)]
+    ok = []
+    for i in range(0, n, batch):
+        images = sd.text_to_image(prompts[i:i + batch], guidance_scale=guidance, steps=steps, seed=STUDY_SEED + i,
+                                  progress=False).images
+        ok += [scene_matches(r, p)["all"] for r, p in zip(read_scenes(images * 2 - 1), prompts[i:i + batch])]
+    return float(np.mean(ok))
+
+
+def vae_psnr(sd, n: int = 64) -> float:
+    images = (SceneDataset(STUDY_SEED).batch(range(n))[0] + 1) / 2  # (n, 3, 64, 64) in [0, 1]
+    with torch.no_grad():
+        recon = sd.decode(sd.encode_image(list(images)))
+    mse = (recon - images).square().flatten(1).mean(1)
+    return float((10 * torch.log10(1 / mse)).mean())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--weights", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--quick", action="store_true", help="fewer cases and 25 steps")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from ldm import StableDiffusion
+
+    sd = StableDiffusion.from_folder(args.weights)
+    steps = 25 if args.quick else 50
+    n_gen, n_attn, n_swap = (48, 48, 16) if args.quick else (400, 200, 30)
+    report, t0 = {"weights": str(args.weights), "steps": steps, "guidance": args.guidance}, time.time()
+    report["vae_psnr"] = vae_psnr(sd)
+    report["generation"] = {k: generation(sd, n_gen, k, steps, args.guidance) for k in (1, 2, 3)}
+    print("generation", report["generation"], flush=True)
+    attention = diagnose(sd, diagnostic_prompts(n_attn), steps=steps, guidance_scale=args.guidance, progress=False)
+    report["attention"] = {str(k): v for k, v in summary(attention).items()}
+    report["attention_found"] = attention["found"]
+    print("attention", json.dumps(report["attention"], indent=1), flush=True)
+    methods = {"baseline": ("baseline", {}), "p2p": ("p2p", {}),
+               "p2p, self at <= 16x16 px": ("p2p", {"self_max_size": 1.0})}
+    report["swaps"] = {}
+    for attribute in ("colour", "shape"):
+        for objects in (1, 2):
+            cases = scene_swap_cases(n_swap, STUDY_SEED, attribute, objects)
+            for name, (method, kwargs) in methods.items():
+                rows = evaluate_swaps(sd, cases, method, args.guidance, steps, progress=False, **kwargs)
+                report["swaps"][f"{attribute} {objects} obj, {name}"] = summarize(rows)
+                print(attribute, objects, name, {k: round(v, 3) for k, v in summarize(rows).items()}, flush=True)
+    report["seconds"] = time.time() - t0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.out} in {report['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
