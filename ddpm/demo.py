@@ -13,8 +13,6 @@ and draws one figure with a panel for each. The notebooks (``notebooks/01_ddpm.i
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -78,22 +76,15 @@ def run(out: Path, steps: int, seed: int, progress: bool = True) -> dict[str, fl
            title=f"DDIM inversion and back ({DDIM_STEPS} steps)\nmean error {summary['recon_error']:.3f}")
     ax.legend(loc="lower left", fontsize=8)
     fig.suptitle(f"TinyDenoiser trained for {steps} steps (seed {seed}), linear schedule, T = 1000")
-    _save_atomically(fig, out)
+    save_figure(fig, out)
     return summary
 
 
-def _save_atomically(fig: Figure, out: Path) -> None:
-    """Write the PNG to a temporary file in the same folder, then rename it over ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}-", suffix=".png.tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def save_figure(fig: Figure, out: Path, dpi: int = 100) -> None:
+    """Write the figure atomically (weights/atomic.py), in the format of ``out``'s extension."""
+    from weights.atomic import write_with  # imported here: the maths package does not need weights/ otherwise
+
+    write_with(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lstrip(".").lower(), dpi=dpi))
 
 
 def _int_at_least(minimum: int, expected: str):

@@ -13,7 +13,7 @@ initialisation) or for the CLIP image tower (``projection_dim``) are not kept.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from unet.config import JsonConfig
 
@@ -37,7 +37,13 @@ class CLIPTextConfig(JsonConfig):
     eos_token_id: int = 49407  # <|endoftext|>: the pooled output is read at its first position
     pad_token_id: int = 49407  # SD v1's tokenizer pads with <|endoftext|>
 
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+        "vocab_size": (1, 1_000_000), "hidden_size": (1, 16384), "intermediate_size": (1, 65536),
+        "num_hidden_layers": (1, 128), "num_attention_heads": (1, 1024), "max_position_embeddings": (1, 4096),
+        "layer_norm_eps": (1e-12, 1.0)}
+
     def __post_init__(self) -> None:
+        self.check_fields()
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "max_position_embeddings"):
             value = getattr(self, name)

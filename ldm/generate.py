@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from PIL import Image
+
+from weights.atomic import write_with
 
 from .images import image_grid
 from .pipeline import SAMPLERS
@@ -76,16 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def save_atomically(image: Image.Image, path: Path) -> None:
-    """Write through a temporary file in the same folder, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        image.save(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    """Write the image atomically (weights/atomic.py), its format chosen by ``path``'s extension."""
+    write_with(path, image.save)
 
 
 def main(argv: list[str] | None = None) -> int:

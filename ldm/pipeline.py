@@ -65,6 +65,17 @@ def schedule_from_settings(settings: dict[str, Any]) -> tuple[NoiseSchedule, int
     return schedule, int(settings.get("steps_offset", 1)), settings.get("timestep_spacing", "leading")
 
 
+class NonFiniteError(ValueError):
+    """Sampling produced NaN or inf: the message names where, and the likely cause."""
+
+
+def check_finite(x: torch.Tensor, where: str, cause: str) -> torch.Tensor:
+    """``x`` unchanged if every value is finite; else a :class:`NonFiniteError` naming ``where`` and ``cause``."""
+    if not torch.isfinite(x).all():
+        raise NonFiniteError(f"{where} holds NaN or inf values; likely cause: {cause}")
+    return x
+
+
 def check_guidance_scale(guidance_scale: float) -> float:
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
         raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
@@ -181,6 +192,13 @@ class StableDiffusion:
         if not isinstance(latents, torch.Tensor) or latents.ndim != 4 or latents.shape[1] != c:
             got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
             raise ValueError(f"latents must be (B, {c}, h, w), got {got}")
+        dtype = next(self.unet.parameters()).dtype
+        if latents.dtype != dtype:
+            raise ValueError(f"latents have dtype {latents.dtype}; the U-Net computes in {dtype}: pass "
+                             f"latents.to({dtype})")
+        if not torch.isfinite(latents).all():
+            raise ValueError(f"latents hold {int((~torch.isfinite(latents)).sum())} NaN or inf values; "
+                             f"expected finite numbers (z_T is usually standard normal noise)")
         if latents.shape[-2] % f or latents.shape[-1] % f:
             raise ValueError(f"latents of size {tuple(latents.shape[-2:])} do not divide by the U-Net's factor {f}")
 
@@ -191,14 +209,16 @@ class StableDiffusion:
         ``uncond`` may have batch 1 (one null-text embedding for every prompt)."""
         s = check_guidance_scale(guidance_scale)
         if s == 1:
-            return self.unet(latents, t, cond, editor)  # (B, 4, h, w)
+            return check_finite(self.unet(latents, t, cond, editor), f"the noise prediction at t={t}",
+                                "the weights or the context hold NaN/inf")  # (B, 4, h, w)
         if uncond is None:
             raise ValueError(f"guidance_scale={s} needs the unconditional context uncond; got None")
         B = latents.shape[0]
         context = torch.cat([uncond.expand(B, -1, -1), cond])  # (2B, 77, D): unconditional half first
         eps = self.unet(torch.cat([latents, latents]), t, context, editor)  # (2B, 4, h, w)
         eps_uncond, eps_cond = eps.chunk(2)  # (B, 4, h, w) each
-        return classifier_free_guidance(eps_uncond, eps_cond, s)  # (B, 4, h, w)
+        return check_finite(classifier_free_guidance(eps_uncond, eps_cond, s), f"the guided noise prediction at t={t}",
+                            f"the guidance scale {s} is too large, or the weights hold NaN/inf")  # (B, 4, h, w)
 
     # ------------------------------------------------------------------ loops
     @torch.no_grad()
@@ -252,6 +272,8 @@ class StableDiffusion:
                                         final_alpha_bar=self.final_alpha_bar, generator=generator).sample
                 else:  # the respaced posterior of the jump t -> t_prev, sigma^2 = beta_tilde (fixed_small)
                     latents = ddpm_step(self.schedule, eps, latents, t, t_prev, generator=generator).sample
+                check_finite(latents, f"the latents after step {i} (t={t})",
+                             f"eta={eta} or the guidance scale {s} is too large, or an editor's change diverged")
                 if editor is not None:
                     new = editor.end_step(latents, i, t)
                     if not isinstance(new, torch.Tensor) or new.shape != latents.shape:
@@ -384,4 +406,5 @@ class StableDiffusion:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """z_0 (B, 4, h, w) -> images (B, 3, 8h, 8w) in [0, 1]."""
         x = self.vae.decode_latents(latents.to(self.device))  # (B, 3, 8h, 8w), roughly [-1, 1]
+        check_finite(x, "the decoded image", "the VAE's weights or scaling_factor, or latents far out of range")
         return (x / 2 + 0.5).clamp(0, 1)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -32,19 +31,10 @@ CONTEXT_LENGTH = 77  # SD v1's text encoder has 77 positions: bos, at most 75 pr
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and one ``os.replace``:
-    a crash leaves the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    """Write ``text`` to ``path`` atomically (weights/atomic.py: the project's one atomic writer)."""
+    from weights.atomic import write_text  # imported here: weights imports this module
+
+    write_text(path, text)
 
 
 class PromptTokenizer:

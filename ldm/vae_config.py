@@ -10,7 +10,7 @@ multiplied by 0.18215 so that they have roughly unit variance for the diffusion 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from unet.config import JsonConfig
 
@@ -25,7 +25,14 @@ class VAEConfig(JsonConfig):
     norm_num_groups: int = 32
     scaling_factor: float = 0.18215
 
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+        "in_channels": (1, 64), "out_channels": (1, 64), "latent_channels": (1, 64), "block_out_channels": (1, 8192),
+        "layers_per_block": (1, 16), "norm_num_groups": (1, 1024), "scaling_factor": (1e-6, 1e6)}
+
     def __post_init__(self) -> None:
+        self.check_fields()
+        if len(self.block_out_channels) > 8:
+            raise ValueError(f"block_out_channels has {len(self.block_out_channels)} levels; at most 8 are supported")
         if len(self.block_out_channels) < 1:
             raise ValueError(f"block_out_channels must have at least one level, got {self.block_out_channels}")
         for c in self.block_out_channels:

@@ -6,6 +6,7 @@ import torch
 
 from toyworld import train
 from toyworld.checkpoint import load_checkpoint, save_checkpoint
+from toyworld.model import toy_vae_config
 from weights.model_folder import load_model_folder, read_manifest
 
 
@@ -60,7 +61,7 @@ def test_diffusion_stage_resumed_equals_uninterrupted_and_exports(tmp_path):
     resumed = train.train_diffusion(tmp_path / "b", **kw)
     assert _same_state(straight, resumed)
 
-    vae = train.AutoencoderKL(train.toy_vae_config())
+    vae = train.AutoencoderKL(toy_vae_config())
     train.export(tmp_path / "model", vae, 0.5, resumed)
     unet, vae2, text_encoder, tokenizer = load_model_folder(tmp_path / "model")
     assert _same_state(unet, resumed.unet) and _same_state(text_encoder, resumed.text_encoder)

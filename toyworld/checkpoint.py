@@ -1,10 +1,11 @@
-"""Resumable training state in safetensors (no pickles): model, EMA and AdamW tensors + a JSON sidecar.
+"""Resumable training state in one safetensors file (no pickles): model, EMA and AdamW tensors, and
+the step, history and optimiser settings as JSON in the file's own metadata.
 
-    NAME.safetensors   "model.<param>", "ema.<param>", "adam.<i>.exp_avg", "adam.<i>.exp_avg_sq"
-    NAME.json          {"step": ..., "adam_steps": {i: step}, "history": {...}, ...}
+    NAME.safetensors   tensors "model.<param>", "ema.<param>", "adam.<i>.exp_avg", "adam.<i>.exp_avg_sq";
+                       metadata {"checkpoint": JSON {"step": ..., "adam_steps": {i: step}, "history": ...}}
 
-Both files are written atomically, the weights first, so a crash mid-save leaves the last
-complete checkpoint (the JSON names the step its weights belong to).
+One file written atomically (weights/atomic.py) is one unit: a crash mid-save leaves the previous
+checkpoint whole, and the weights can never belong to another step than the meta that says so.
 """
 from __future__ import annotations
 
@@ -14,7 +15,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from weights.io import read_json, read_safetensors, write_json, write_safetensors
+import json
+
+from weights.io import WeightsFileError, read_safetensors, read_safetensors_header, write_safetensors
+
+META_KEY = "checkpoint"
+
+
+def checkpoint_file(path: Path) -> Path:
+    return path.with_suffix(".safetensors")
+
+
+def exists(path: Path) -> bool:
+    """Whether a checkpoint was saved at ``path`` (NAME, without the suffix)."""
+    return checkpoint_file(path).is_file()
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The step, history and optimiser meta of the checkpoint at ``path``, from its header alone."""
+    header = read_safetensors_header(checkpoint_file(path))
+    try:
+        return json.loads(header["__metadata__"][META_KEY])
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise WeightsFileError(f"{checkpoint_file(path)} is not a training checkpoint of this project (no "
+                               f"{META_KEY!r} metadata: {e!r}); delete it, or point --run at another folder") from None
 
 
 def save_checkpoint(path: Path, model: nn.Module, ema: nn.Module | None, optimizer: torch.optim.Optimizer,
@@ -28,15 +52,15 @@ def save_checkpoint(path: Path, model: nn.Module, ema: nn.Module | None, optimiz
         tensors[f"adam.{i}.exp_avg"] = s["exp_avg"].cpu()
         tensors[f"adam.{i}.exp_avg_sq"] = s["exp_avg_sq"].cpu()
         adam_steps[str(i)] = float(s["step"])
-    write_safetensors({k: v.contiguous() for k, v in tensors.items()}, path.with_suffix(".safetensors"))
-    write_json({**meta, "adam_steps": adam_steps, "param_groups": state["param_groups"]}, path.with_suffix(".json"))
+    text = json.dumps({**meta, "adam_steps": adam_steps, "param_groups": state["param_groups"]})
+    write_safetensors({k: v.contiguous() for k, v in tensors.items()}, checkpoint_file(path), metadata={META_KEY: text})
 
 
 def load_checkpoint(path: Path, model: nn.Module, ema: nn.Module | None,
                     optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore what :func:`save_checkpoint` wrote (every key checked by strict loading); returns the meta."""
-    meta = read_json(path.with_suffix(".json"))
-    tensors = read_safetensors(path.with_suffix(".safetensors"), dtype=None)
+    meta = read_meta(path)
+    tensors = read_safetensors(checkpoint_file(path), dtype=None)
     device = next(model.parameters()).device
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if ema is not None:

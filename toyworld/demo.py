@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ddpm.demo import _save_atomically
+from ddpm.demo import save_figure
 from ddpm.parameterization import eps_to_x0
 from ldm.pipeline import StableDiffusion
 from unet.editor import Editor
@@ -122,7 +122,7 @@ def run(weights: Path, out: Path, seed: int, progress: bool = True) -> dict[str,
         ax.set_title(title, fontsize=8)
     fig.suptitle(f"The toy Stable Diffusion ({weights}): text to image (guidance {s}, 50 DDIM steps), "
                  "the reverse process, and DDIM inversion of a real image", fontsize=11)
-    _save_atomically(fig, out)
+    save_figure(fig, out)
     return report
 
 

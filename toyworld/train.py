@@ -17,7 +17,7 @@ Two stages, as the LDM paper trains SD (Rombach et al. 2022, section 3):
    unconditional eps(z_t) used by classifier-free guidance (Ho & Salimans 2022, Algorithm 1).
    An exponential moving average of the weights (decay 0.999) is what ships.
 
-Every stage checkpoints to ``--run`` (safetensors + JSON, toyworld/checkpoint.py) and resumes
+Every stage checkpoints to ``--run`` (one safetensors file a stage, toyworld/checkpoint.py) and resumes
 from there: run the same command again after an interruption. The data are a deterministic
 function of the seed and the step, so a resumed run sees what an uninterrupted one would.
 At the end the EMA weights go to ``--out`` (default weights/toy/) in the project's model-folder
@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -56,8 +57,9 @@ from weights.unet_loading import save_unet
 from weights.vae_loading import save_vae
 
 from . import distributed
+from . import checkpoint
 from .checkpoint import load_checkpoint, save_checkpoint
-from .model import RECIPES, TOY_IMAGE_SIZE, TOY_SCHEDULE, ToyRecipe, toy_vae_config
+from .model import RECIPES, TOY_IMAGE_SIZE, TOY_SCHEDULE, ToyRecipe
 from .render import ToyDataset
 from .scenes import MultiScene, SceneDataset, SceneObject, random_description
 from .world import Scene, random_caption
@@ -140,7 +142,7 @@ def train_vae(run: Path, steps: int, batch_size: int, lr: float, device: str, ev
     vae = AutoencoderKL(recipe.vae).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     ckpt, meta = run / "vae", {"step": 0, "history": {"step": [], "loss": [], "eval_psnr": []}}
-    if ckpt.with_suffix(".json").exists():
+    if checkpoint.exists(ckpt):
         meta = load_checkpoint(ckpt, vae, None, opt)
         log_line(run, f"vae: resumed at step {meta['step']}")
     data, held_out = dataset(recipe, TRAIN_SEED), dataset(recipe, EVAL_SEED).batch(range(eval_images))[0].to(device)
@@ -161,6 +163,9 @@ def train_vae(run: Path, steps: int, batch_size: int, lr: float, device: str, ev
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         value = distributed.mean(loss)  # the whole batch's loss
+        if not math.isfinite(value):
+            raise ValueError(f"vae step {step + 1}: the loss is {value}; the training diverged (learning rate {lr} "
+                             f"too high?); the last checkpoint, step {meta['step']}, is kept")
         bar.set_postfix(loss=f"{value:.4f}")
         if (step + 1) % 10 == 0:
             meta["history"]["step"].append(step + 1)
@@ -246,7 +251,7 @@ def train_diffusion(run: Path, vae_scale: float, means: torch.Tensor, stds: torc
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     ckpt, meta = run / "diffusion", {"step": 0, "history": {"step": [], "loss": []}}
-    if ckpt.with_suffix(".json").exists():
+    if checkpoint.exists(ckpt):
         meta = load_checkpoint(ckpt, model, ema, opt)
         log_line(run, f"diffusion: resumed at step {meta['step']}")
     schedule = NoiseSchedule.from_name(TOY_SCHEDULE["beta_schedule"], beta_start=TOY_SCHEDULE["beta_start"],
@@ -279,6 +284,9 @@ def train_diffusion(run: Path, vae_scale: float, means: torch.Tensor, stds: torc
         opt.step()
         ema_update(ema, model, step)
         running.append(distributed.mean(loss))  # the whole batch's loss
+        if not math.isfinite(running[-1]):
+            raise ValueError(f"diffusion step {step + 1}: the loss is {running[-1]}; the training diverged (learning "
+                             f"rate {lr} too high?); the last checkpoint, step {meta['step']}, is kept")
         if (step + 1) % 10 == 0:
             meta["history"]["step"].append(step + 1)
             meta["history"]["loss"].append(float(np.mean(running)))
@@ -294,13 +302,13 @@ def train_diffusion(run: Path, vae_scale: float, means: torch.Tensor, stds: torc
 
 
 # Export ---------------------------------------------------------------------------------------
-def plot_history(run: Path, out: Path) -> None:
+def plot_history(run: Path, out: Path, vae_run: Path | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    vae_meta = json.loads((run / "vae.json").read_text())
-    dif_meta = json.loads((run / "diffusion.json").read_text())
+    vae_meta = checkpoint.read_meta((vae_run or run) / "vae")
+    dif_meta = checkpoint.read_meta(run / "diffusion")
     history = {"vae": vae_meta["history"], "diffusion": dif_meta["history"]}
     write_json(history, out / "training_log.json")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
@@ -319,20 +327,43 @@ def plot_history(run: Path, out: Path) -> None:
     plt.close(fig)
 
 
+def check_finite(module: nn.Module, name: str) -> None:
+    """Refuse weights that hold NaN or inf (a diverged run), naming the first such tensor."""
+    for key, tensor in module.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{name} weight {key} holds NaN or inf values: the training diverged (try a lower "
+                             f"learning rate); nothing was exported")
+
+
 def export(out: Path, vae: AutoencoderKL, scale: float, model: TextToLatent,
-           recipe: ToyRecipe = DEFAULT_RECIPE) -> None:
+           recipe: ToyRecipe = DEFAULT_RECIPE, run: Path | None = None, vae_run: Path | None = None) -> None:
+    """The model folder at ``out``, written whole or not at all: the parts (and, given ``run``, the
+    training log and its figure) go to a temporary folder beside ``out``, which is then swapped into
+    place (weights/atomic.py). Non-finite weights are refused before anything is written."""
     from dataclasses import replace
 
+    from weights.atomic import recover, swap_into_place, temporary_folder
+
+    for module, name in ((vae, "VAE"), (model.unet, "U-Net"), (model.text_encoder, "text encoder")):
+        check_finite(module, name)
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"latent scale {scale} is not a positive finite number; nothing was exported")
     final_vae = AutoencoderKL(replace(recipe.vae, scaling_factor=scale))
     final_vae.load_state_dict(vae.state_dict())
-    out.mkdir(parents=True, exist_ok=True)
-    save_unet(model.unet.cpu(), out)
-    save_vae(final_vae, out)
-    save_text_encoder(model.text_encoder.cpu(), out)
-    tokenizer = recipe.tokenizer()
-    tokenizer.save(out / "tokenizer")
-    schedule = dict(TOY_SCHEDULE)
-    write_json(manifest(scale, tokenizer, schedule, image_size=TOY_IMAGE_SIZE), out / "model.json")
+    recover(out, lambda text: log_line(run, text) if run else None)
+    tmp = temporary_folder(out)
+    try:
+        save_unet(model.unet.cpu(), tmp)
+        save_vae(final_vae, tmp)
+        save_text_encoder(model.text_encoder.cpu(), tmp)
+        tokenizer = recipe.tokenizer()
+        tokenizer.save(tmp / "tokenizer")
+        write_json(manifest(scale, tokenizer, dict(TOY_SCHEDULE), image_size=TOY_IMAGE_SIZE), tmp / "model.json")
+        if run is not None:
+            plot_history(run, tmp, vae_run)
+        swap_into_place(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after the swap; the debris after a failure
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -368,17 +399,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def encoded_latents(run: Path, vae: AutoencoderKL, n: int, device: str, recipe: ToyRecipe):
-    """Stage 2's training set, encoded once and cached in ``run``: posterior means and stds, and scenes."""
-    from weights.io import read_json, read_safetensors, write_safetensors
+    """Stage 2's training set, encoded once and cached in ``run/latents.safetensors`` (one file: the
+    posterior means and stds, and the scenes as JSON metadata)."""
+    import json
 
-    cache, scene_file = run / "latents.safetensors", run / "scenes.json"
-    if cache.exists() and scene_file.exists():
-        stored = read_safetensors(cache)
-        if stored["mean"].shape[0] == n:
-            return stored["mean"], stored["std"], [scene_from_json(d) for d in read_json(scene_file)]
+    from weights.io import read_safetensors, read_safetensors_header, write_safetensors
+
+    cache = run / "latents.safetensors"
+    if cache.exists():
+        stored, scenes = read_safetensors(cache), json.loads(read_safetensors_header(cache)["__metadata__"]["scenes"])
+        if stored["mean"].shape[0] == n == len(scenes):
+            return stored["mean"], stored["std"], [scene_from_json(d) for d in scenes]
     means, stds, scenes = encode_dataset(vae, n, device, recipe)
-    write_safetensors({"mean": means, "std": stds}, cache)
-    write_json([scene_to_json(s) for s in scenes], scene_file)
+    write_safetensors({"mean": means, "std": stds}, cache,
+                      metadata={"scenes": json.dumps([scene_to_json(s) for s in scenes])})
     return means, stds, scenes
 
 
@@ -408,7 +442,14 @@ def pretrain_text_encoder(run: Path, recipe: ToyRecipe, means: torch.Tensor, sca
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        return _main(parse_args(argv))
+    except (ValueError, OSError) as e:  # WeightsFileError is a ValueError: bad files, diverged runs, a full disk
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     distributed.init_from_env(args.device)
@@ -442,8 +483,7 @@ def main(argv: list[str] | None = None) -> int:
                             text_encoder=text_encoder)
     if args.stop_after == "diffusion" or not distributed.is_main():
         return 0
-    export(args.out, vae.cpu(), scale, model.cpu(), recipe)
-    plot_history(args.run, args.out)
+    export(args.out, vae.cpu(), scale, model.cpu(), recipe, args.run, vae_run)
     log_line(args.run, f"wrote {args.out}")
     return 0
 

@@ -7,13 +7,41 @@ three levels and in the middle, 8 heads, GroupNorm with 32 groups.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
 
 
 class JsonConfig:
     """``to_dict`` / ``from_dict`` for the frozen config dataclasses (U-Net, VAE, text encoder): the
-    project's own ``<name>.json`` beside its weights. JSON has no tuples: lists come back as tuples."""
+    project's own ``<name>.json`` beside its weights. JSON has no tuples: lists come back as tuples.
+
+    :meth:`check_fields` checks every field's type against its annotation and numbers against the
+    class's ``LIMITS`` (name -> (lowest, highest)), before any arithmetic on them: a config read
+    from a file fails there with the field's name, not with a ZeroDivisionError or a hang later."""
+
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {}
+
+    def check_fields(self) -> None:
+        name = type(self).__name__
+        for f in fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            items = value if kind.startswith("tuple[") else (value,)
+            item_kind = kind[len("tuple["):].split(",")[0] if kind.startswith("tuple[") else kind
+            if kind.startswith("tuple[") and not (isinstance(value, tuple) and value):
+                raise ValueError(f"{name}.{f.name} must be a non-empty list of {item_kind}, got {value!r}")
+            for item in items:
+                ok = {"bool": isinstance(item, bool), "str": isinstance(item, str),
+                      "int": isinstance(item, int) and not isinstance(item, bool),
+                      "float": isinstance(item, (int, float)) and not isinstance(item, bool)
+                      and math.isfinite(item)}.get(item_kind, True)
+                if not ok:
+                    raise ValueError(f"{name}.{f.name} must be {'a finite number' if item_kind == 'float' else 'an int' if item_kind == 'int' else item_kind}"
+                                     f"{' (each entry)' if kind.startswith('tuple[') else ''}, got {value!r}")
+                if f.name in self.LIMITS:
+                    low, high = self.LIMITS[f.name]
+                    if not low <= item <= high:
+                        raise ValueError(f"{name}.{f.name} must lie in [{low:g}, {high:g}], got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,7 +71,15 @@ class UNetConfig(JsonConfig):
     transformer_layers_per_block: int = 1
     use_linear_projection: bool = False  # v1: proj_in/proj_out are 1x1 convolutions
 
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+        "in_channels": (1, 64), "out_channels": (1, 64), "block_out_channels": (1, 8192), "layers_per_block": (1, 16),
+        "cross_attention_dim": (1, 8192), "num_heads": (1, 1024), "norm_num_groups": (1, 1024),
+        "norm_eps": (1e-12, 1.0), "transformer_layers_per_block": (1, 64)}
+
     def __post_init__(self) -> None:
+        self.check_fields()
+        if len(self.block_out_channels) > 8:
+            raise ValueError(f"block_out_channels has {len(self.block_out_channels)} levels; at most 8 are supported")
         n = len(self.block_out_channels)
         if n < 1 or len(self.attention_levels) != n:
             raise ValueError(

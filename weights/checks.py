@@ -45,6 +45,22 @@ def check_state_dict(
         raise WeightsMismatchError(what, missing, unexpected, misshaped)
 
 
+def check_values(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+    """Every tensor of a kind the model can take (a float for a float parameter, an integer for an
+    integer buffer such as CLIP's position ids) and every float finite; the first offenders are named.
+    A cast would turn int8 or bool weights into numbers silently, and NaN weights give a black image."""
+    wrong = [f"{k}: {v.dtype} (expected {'a float' if own[k].is_floating_point() else own[k].dtype})"
+             for k, v in state_dict.items()
+             if v.is_complex() or v.dtype == torch.bool or v.is_floating_point() != own[k].is_floating_point()]
+    if wrong:
+        raise ValueError(f"{what}: {len(wrong)} tensors have the wrong kind of values: {wrong[:5]}")
+    bad = [f"{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()})" for k, v in state_dict.items()
+           if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{what}: {len(bad)} tensors hold NaN or inf values: {bad[:5]}; the file is damaged "
+                         f"or comes from a diverged training run")
+
+
 def load_checked(
     model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str = "state dict", assign: bool = False
 ) -> None:
@@ -57,6 +73,7 @@ def load_checked(
     expected = {k: v.shape for k, v in model.state_dict().items()}
     check_state_dict(expected, state_dict, what)
     own = model.state_dict()
+    check_values(own, state_dict, what)
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state_dict.items()}, strict=True, assign=assign)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:

@@ -17,16 +17,16 @@ The order of work keeps the disk safe and errors early:
    that the parts fit together: U-Net in_channels = VAE latent_channels, U-Net
    cross_attention_dim = text hidden_size, every token id < the text encoder's vocab_size;
 2. convert part by part (one network in memory at a time) into a temporary sibling of DEST;
-3. rename the temporary folder to DEST. A failure leaves DEST as it was.
+3. swap the temporary folder into place (weights/atomic.py: one atomic exchange on Linux). A failure
+   leaves DEST as it was; the leftovers of a killed conversion are removed by the next one into
+   the same place, which also puts back a DEST that a crash left set aside.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -36,6 +36,7 @@ from ldm.tokenizer import CONTEXT_LENGTH, PromptTokenizer
 from ldm.vae_config import VAEConfig
 from unet.config import UNetConfig
 
+from .atomic import recover, swap_into_place, temporary_folder
 from .clip_loading import TEXT_ENCODER
 from .components import (
     DIFFUSERS_CONFIG, Component, check_header, export_to_diffusers, find_source, load_component, resolve_config,
@@ -137,13 +138,26 @@ def check_parts_fit(configs: Mapping[str, Any], tokenizer: PromptTokenizer | Non
                          f"encoder ({text.vocab_size} ids, eos {text.eos_token_id})")
 
 
+def _resolved(path: Path, what: str) -> Path:
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as e:  # a symlink loop
+        raise ValueError(f"{what} {path} cannot be resolved ({e}); expected a real path") from None
+
+
 def check_dest(source: Path, dest: Path, force: bool) -> None:
+    """DEST may be created or (with force) replaced: it is not the source, does not hold it, and is not
+    inside it (replacing DEST deletes what is there, which must never be part of the source)."""
+    src, dst = _resolved(source, "source"), _resolved(dest, "destination")
+    if dst == src or dst in src.parents:
+        raise ValueError(f"destination {dest} is the source {source} or holds it; convert into another folder")
+    if src.is_dir() and src in dst.parents:
+        raise ValueError(f"destination {dest} lies inside the source folder {source}; replacing it would delete "
+                         f"part of the source; convert into a folder outside it")
     if dest.exists() and not dest.is_dir():
         raise FileExistsError(f"destination {dest} is a file; expected a folder to create")
     if dest.exists() and any(dest.iterdir()) and not force:
         raise FileExistsError(f"destination {dest} exists and is not empty; pass --force (force=True) to replace it")
-    if dest.resolve() == source.resolve() or dest.resolve() in source.resolve().parents:
-        raise ValueError(f"destination {dest} is the source {source} or holds it; convert into another folder")
 
 
 def write_diffusers_extras(folder: Path, tokenizer: PromptTokenizer | None, schedule: Mapping[str, Any]) -> None:
@@ -157,22 +171,6 @@ def write_diffusers_extras(folder: Path, tokenizer: PromptTokenizer | None, sche
     parts = dict(PIPELINE_PARTS, tokenizer=PIPELINE_PARTS["tokenizer"] if tokenizer is not None else [None, None])
     write_json({"_class_name": "StableDiffusionPipeline", **parts, "requires_safety_checker": False},
                folder / "model_index.json")
-
-
-def _swap_into_place(tmp: Path, dest: Path) -> None:
-    """Rename ``tmp`` to ``dest``; an existing ``dest`` is moved aside first and removed only afterwards."""
-    if not dest.exists():
-        os.replace(tmp, dest)
-        return
-    old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
-    os.replace(dest, old / dest.name)
-    try:
-        os.replace(tmp, dest)
-    except OSError:
-        os.replace(old / dest.name, dest)  # put the old one back
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def convert(
@@ -197,6 +195,7 @@ def convert(
     if unknown:
         raise ValueError(f"configs has unknown parts {unknown}; expected some of {[c.name for c in COMPONENTS]}")
     layout = source_layout(source)
+    recover(dest, log)  # what an interrupted conversion into dest left: put back, clean up
     check_dest(source, dest, force)
     sources = {c.name: find_source(source, c.name, c.diffusers_weights, c.original_prefix) for c in COMPONENTS}
     configs = {c.name: resolve_config(c, sources[c.name], configs.get(c.name)) for c in COMPONENTS}
@@ -209,8 +208,7 @@ def convert(
     image_size = source_image_size(source, layout, configs["vae"].downsample_factor)
 
     log(f"converting {source} ({layout} layout) -> {dest} ({to} layout)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+    tmp = temporary_folder(dest)
     try:
         for n, component in enumerate(COMPONENTS, 1):
             model = load_component(component, source, configs[component.name])
@@ -232,7 +230,7 @@ def convert(
             write_json({**unet_config, "sample_size": image_size // configs["vae"].downsample_factor},
                        tmp / "unet" / DIFFUSERS_CONFIG)
         log(f"  tokenizer: {type(tok).__name__ if tok is not None else 'MISSING (see the warning above)'}")
-        _swap_into_place(tmp, dest)
+        swap_into_place(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone after a successful rename; the debris after a failure
     log(f"done: {dest}")

@@ -13,23 +13,23 @@ may run any code when loaded. :func:`read_weights` refuses it unless the caller 
 ``torch.load(weights_only=True)``, whose unpickler builds tensors and plain containers and
 refuses every other object.
 
-Writes are atomic: the data goes to a temporary file in the destination folder, which then
-replaces the destination in one ``os.replace``. A crash leaves the old file or the new one,
-never half of one.
+Writes are atomic (weights/atomic.py): the data goes to a temporary file in the destination
+folder, which then replaces the destination in one ``os.replace``. A crash leaves the old file or
+the new one, never half of one.
 """
 from __future__ import annotations
 
 import json
 import os
 import struct
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from .atomic import atomic_file
 
 PathLike = str | os.PathLike
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
@@ -98,15 +98,53 @@ def read_safetensors_header(path: PathLike) -> dict[str, Any]:
             f"header length followed by a JSON header"
         )
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    try:
-        end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise WeightsFileError(f"{path} has a malformed safetensors header ({e!r})") from e
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise WeightsFileError(f"{path}: the header's __metadata__ must map str -> str, got {metadata!r:.200}")
+    end = 0
+    for name, entry in tensors.items():
+        end = max(end, _check_entry(path, name, entry))
     if size < 8 + n + end:
         raise WeightsFileError(
             f"{path} is truncated: its header describes {8 + n + end} bytes of tensors, the file has {size}"
         )
     return header
+
+
+# safetensors' dtype names and their sizes in bytes
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+               "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1, "C64": 8}
+MAX_DIMS = 8
+MAX_ELEMENTS = 2**40  # far above any model here; a header claiming more is damaged
+
+
+def _check_entry(path: Path, name: str, entry: Any) -> int:
+    """One tensor's header entry: a known dtype, a shape of at most MAX_DIMS non-negative ints, and
+    data_offsets [begin, end] whose span is exactly the tensor's bytes. Returns end."""
+    def bad(why: str) -> WeightsFileError:
+        return WeightsFileError(f"{path}: the header entry of tensor {name!r} is malformed: {why} "
+                                f"(got {entry!r:.200}); the file is damaged or not a weights file")
+
+    if not isinstance(entry, dict):
+        raise bad("expected an object with dtype, shape and data_offsets")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
+        raise bad(f"dtype must be one of {sorted(DTYPE_BYTES)}")
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS or \
+            not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_ELEMENTS for d in shape):
+        raise bad(f"shape must be a list of at most {MAX_DIMS} non-negative ints")
+    count = 1
+    for d in shape:
+        count *= d
+    if count > MAX_ELEMENTS:
+        raise bad(f"the shape has {count} elements, more than {MAX_ELEMENTS}")
+    if not isinstance(offsets, list) or len(offsets) != 2 or \
+            not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets) or offsets[0] > offsets[1]:
+        raise bad("data_offsets must be [begin, end] with 0 <= begin <= end")
+    if offsets[1] - offsets[0] != count * DTYPE_BYTES[dtype]:
+        raise bad(f"data_offsets span {offsets[1] - offsets[0]} bytes, but a {dtype} tensor of shape {shape} "
+                  f"takes {count * DTYPE_BYTES[dtype]}")
+    return offsets[1]
 
 
 def read_safetensors_shapes(path: PathLike) -> dict[str, tuple[int, ...]]:
@@ -168,24 +206,6 @@ def read_weights(
     return {k: _cast(v, dtype) for k, v in obj.items()}
 
 
-@contextmanager
-def _atomic_target(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a weights file is an ordinary file
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_safetensors(
     tensors: Mapping[str, torch.Tensor], path: PathLike, metadata: Mapping[str, str] | None = None
 ) -> None:
@@ -196,14 +216,14 @@ def write_safetensors(
     if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise ValueError(f"safetensors metadata must map str -> str, got {dict(metadata)!r}")
     data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    with _atomic_target(path) as tmp:
+    with atomic_file(path) as tmp:
         save_file(data, str(tmp), metadata=dict(metadata) if metadata is not None else None)
 
 
 def write_json(obj: Mapping[str, Any], path: PathLike) -> None:
     """Write a JSON object (a config) atomically, indented, with a trailing newline."""
     text = json.dumps(obj, indent=2) + "\n"  # serialise first: a TypeError leaves no file behind
-    with _atomic_target(path) as tmp:
+    with atomic_file(path) as tmp:
         tmp.write_text(text)
 
 
