@@ -161,3 +161,103 @@ def test_a_batch_that_does_not_split_evenly_is_refused(monkeypatch):
     with pytest.raises(ValueError, match="does not split evenly over 3"):
         distributed.shard(64)
     assert distributed.shard(63) == slice(0, 21)
+
+
+# ----------------------------------------------------------------------------------------------- crashes
+
+class Crash(Exception):
+    """A simulated kill at a write."""
+
+
+def _crash_at(monkeypatch, k: int, inside: "Path") -> list:
+    """Make the k-th rename into ``inside`` (a file or folder put in place) raise Crash; count them."""
+    import os
+    from pathlib import Path
+
+    from weights import atomic
+
+    real, calls = os.replace, []
+
+    def replace(a, b):
+        if Path(b).resolve().is_relative_to(inside.resolve()):
+            calls.append(b)
+            if len(calls) == k:
+                raise Crash(f"killed while writing {b}")
+        real(a, b)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    return calls
+
+
+def test_a_crash_at_any_checkpoint_write_then_resume_gives_the_uninterrupted_bits(tmp_path, monkeypatch):
+    """#2: a checkpoint is one file written atomically (toyworld/checkpoint.py), so a crash at any
+    write leaves the previous checkpoint whole; the data stream is a function of the step, so the
+    resumed run retrains the lost steps and ends on the uninterrupted run's bits."""
+    kw = _data_parallel_kwargs() | dict(steps=4, every=1)
+    straight = train.train_diffusion(tmp_path / "straight", **kw)
+    calls = _crash_at(monkeypatch, 0, tmp_path / "count")  # k = 0: count the writes, crash none
+    train.train_diffusion(tmp_path / "count", **kw)
+    monkeypatch.undo()
+    assert len(calls) == 4  # one checkpoint file per step
+    for k in range(1, 5):
+        run = tmp_path / f"crash{k}"
+        _crash_at(monkeypatch, k, run)
+        with pytest.raises(Crash):
+            train.train_diffusion(run, **kw)
+        monkeypatch.undo()
+        resumed = train.train_diffusion(run, **kw)
+        assert _same_state(straight, resumed), k
+
+
+def test_a_crash_during_export_leaves_the_old_folder_and_diverged_weights_are_refused(tmp_path, monkeypatch):
+    """#3: export wrote file by file into --out; a crash left mismatched parts that loaded. Now the
+    folder is built aside and swapped in: a crash at any of its writes leaves the previous export
+    whole (or no folder). A diverged model (NaN weights) is refused before anything is written."""
+    kw = _data_parallel_kwargs() | dict(steps=2)
+    model = train.train_diffusion(tmp_path / "run", **kw)
+    vae = train.AutoencoderKL(toy_vae_config())
+    out = tmp_path / "model"
+    train.export(out, vae, 0.5, model)
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with torch.no_grad():
+        model.unet.conv_in.bias.add_(1.0)  # a different model to export over the first
+    for k in range(1, 12):
+        calls = _crash_at(monkeypatch, k, tmp_path)
+        try:
+            train.export(out, vae, 0.5, model)
+            crashed = False
+        except Crash:
+            crashed = True
+        monkeypatch.undo()
+        now = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        if crashed:
+            assert now == before, k  # all of the old export, nothing of the new
+        else:
+            assert len(calls) < k and now != before  # past the last write: the new export, whole
+            break
+    else:
+        pytest.fail("export made more than 11 writes")
+    with torch.no_grad():
+        model.unet.conv_in.bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match="conv_in.bias holds NaN"):
+        train.export(tmp_path / "nan", vae, 0.5, model)
+    assert not (tmp_path / "nan").exists()
+
+
+def test_a_diverged_run_stops_with_a_message_and_exit_code(tmp_path, capsys):
+    """#3: at --diffusion-lr 1e30 the loss becomes NaN; the run stops there (exit 2, no traceback)."""
+    kw = _data_parallel_kwargs() | dict(steps=6, lr=1e30)
+    with pytest.raises(ValueError, match="the training diverged"):
+        train.train_diffusion(tmp_path / "run", **kw)
+
+    def diverge(args):
+        raise ValueError("diffusion step 3: the loss is nan; the training diverged")
+
+    import toyworld.train as module
+
+    original, module._main = module._main, diverge
+    try:
+        assert train.main(["--run", str(tmp_path / "r"), "--out", str(tmp_path / "o")]) == 2
+    finally:
+        module._main = original
+    assert "error: diffusion step 3" in capsys.readouterr().err
