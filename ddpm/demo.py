@@ -21,7 +21,7 @@ from matplotlib.figure import Figure  # a bare Figure draws to a file with no di
 
 from ddim import ddim_invert, ddim_sample
 
-from .reverse import ddpm_sample
+from .reverse import MAX_SEED, ddpm_sample
 from .toy2d import energy_distance, sample_2d, train_2d
 
 NUM_SAMPLES = 1000  # points drawn by each sampler
@@ -87,14 +87,14 @@ def save_figure(fig: Figure, out: Path, dpi: int = 100) -> None:
     write_with(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lstrip(".").lower(), dpi=dpi))
 
 
-def _int_at_least(minimum: int, expected: str):
-    """An argparse ``type`` that accepts integers >= ``minimum`` and names what it expected otherwise."""
+def _int_at_least(minimum: int, expected: str, maximum: int | None = None):
+    """An argparse ``type`` that accepts integers in [minimum, maximum] and names what it expected otherwise."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if value < minimum:
+        if value < minimum or maximum is not None and value > maximum:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
         return value
     return parse
@@ -105,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("outputs/demo_2d.png"), help="the PNG to write")
     parser.add_argument("--steps", type=_int_at_least(1, "a positive integer"), default=1600,
                         help="training steps (default 1600)")
-    parser.add_argument("--seed", type=_int_at_least(0, "an integer >= 0"), default=0,
+    parser.add_argument("--seed", type=_int_at_least(0, "an integer in [0, 2^63 - 1]", MAX_SEED), default=0,
                         help="seed of the data, the weights and the noise (default 0)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
     args = parser.parse_args(argv)

@@ -79,6 +79,27 @@ def ddpm_step(
     return StepOutput(mean + gather(var.sqrt(), x_t) * noise, pred_x0)
 
 
+MAX_SEED = 2**63 - 1
+
+
+def seeded_generator(seed: int | None, generator: torch.Generator | None = None) -> torch.Generator | None:
+    """The generator a sampler draws from: ``torch.Generator().manual_seed(seed)``, or ``generator``.
+
+    A seed is an int in [0, 2^63 - 1]. ``manual_seed`` takes 64 bits and wraps what lies outside
+    that range onto it, so 2^63 would draw seed 0's noise and -1 that of 2^64 - 1: such seeds are
+    refused rather than silently aliased."""
+    if seed is not None and generator is not None:
+        raise ValueError("give seed or generator, not both")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if seed is None:
+        return generator
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an int in [0, 2^63 - 1], got {seed!r} (larger or negative seeds would "
+                         f"alias others: 2^63 draws the noise of seed 0)")
+    return torch.Generator().manual_seed(seed)
+
+
 def initial_noise(
     shape: tuple[int, ...] | None,
     x_T: torch.Tensor | None,

@@ -136,7 +136,7 @@ def make_timesteps(
     """
     check_choice("timestep spacing", spacing, SPACINGS)
     n, T = num_inference_steps, num_train_timesteps
-    if not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:  # True is an int in Python, not a step count
         raise ValueError(f"num_inference_steps must be a positive int, got {n!r}")
     if n > T:
         raise ValueError(f"num_inference_steps={n} is more than num_train_timesteps={T}; expected at most {T}")

@@ -40,7 +40,7 @@ from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ldm.generate import finite_float, positive_int, save_atomically
+from ldm.generate import device_name, finite_float, output_problem, positive_int, save_atomically, seed_value
 
 MODES = ("replace", "refine", "reweight")
 INVERSIONS = ("null-text", "negative-prompt")
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--self-steps", type=window, default=0.4, help="self-attention injection: F or START,END (default 0.4)")
     p.add_argument("--self-size", type=size_fraction, default=0.25,
                    help="largest self-attention map injected, a fraction of the latent side (default 0.25)")
-    p.add_argument("--seed", type=int, help="seed of the starting noise (default 0; not with --image)")
+    p.add_argument("--seed", type=seed_value, help="seed of the starting noise (default 0; not with --image)")
     p.add_argument("--steps", type=positive_int, default=50, help="sampling steps (default 50)")
     p.add_argument("--guidance", type=finite_float, default=7.5,
                    help="classifier-free guidance scale (default 7.5, SD v1's; the toy model's is 5)")
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inversion", choices=INVERSIONS, help="how --image is inverted (default null-text)")
     p.add_argument("--out", type=Path, default=Path("p2p.png"), help="the grid to write (default p2p.png)")
     p.add_argument("--maps", type=Path, help="also write the cross-attention maps of every prompt here")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", type=device_name, default="cpu", help="torch device (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -179,16 +179,15 @@ def stack_figures(figures) -> Image.Image:
 # ---------------------------------------------------------------------------------- the command
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Everything that needs no file but the ones named; errors exit with status 2."""
-    Image.init()
     for flag, path in (("--out", args.out), ("--maps", args.maps)):
-        if path is not None and path.suffix.lower() not in Image.registered_extensions():
-            parser.error(f"{flag} {path}: unknown image type {path.suffix!r}; use e.g. .png or .jpg")
+        if path is not None and (problem := output_problem(path)):
+            parser.error(f"{flag} {problem}")
     if len(args.prompts) < 2:
         parser.error(f"--prompts needs a source and at least one target prompt, got {len(args.prompts)}: {args.prompts}")
     if args.mode == "reweight" and not args.reweight:
         parser.error("--mode reweight needs --reweight WORD=SCALE [WORD=SCALE ...]")
     if args.reweight:
-        words = [w for w, _ in args.reweight]
+        words = [w.lower() for w, _ in args.reweight]  # prompts are lowercased: RED is red
         repeated = sorted({w for w in words if words.count(w) > 1})
         if repeated:
             parser.error(f"--reweight names {repeated} more than once")
@@ -287,16 +286,19 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     panels += to_pil(result.images)
-    save_atomically(captioned_grid(panels, captions), args.out)
-    print(f"wrote {args.out} ({len(panels)} panels, left to right: {captions})")
+    try:
+        save_atomically(captioned_grid(panels, captions), args.out)
+        print(f"wrote {args.out} ({len(panels)} panels, left to right: {captions})")
+        if args.maps:
+            from .attention_maps import token_heatmaps
 
-    if args.maps:
-        from .attention_maps import token_heatmaps
-
-        figures = [token_heatmaps(store, sd.tokenizer, prompt, b, image=result.images[b])
-                   for b, prompt in enumerate(args.prompts)]
-        save_atomically(stack_figures(figures), args.maps)
-        print(f"wrote {args.maps} (cross-attention maps of each prompt's words, top to bottom: {args.prompts})")
+            figures = [token_heatmaps(store, sd.tokenizer, prompt, b, image=result.images[b])
+                       for b, prompt in enumerate(args.prompts)]
+            save_atomically(stack_figures(figures), args.maps)
+            print(f"wrote {args.maps} (cross-attention maps of each prompt's words, top to bottom: {args.prompts})")
+    except OSError as e:  # a full disk, a permission changed while computing
+        print(f"error: could not write the output: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

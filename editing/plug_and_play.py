@@ -39,6 +39,7 @@ from tqdm import tqdm
 from ddim.sampler import ddim_step
 from ddpm.forward import q_sample
 from ddpm.guidance import classifier_free_guidance
+from ddpm.reverse import seeded_generator
 from ddpm.schedule import previous_timesteps
 from ldm.images import ImageLike
 from ldm.pipeline import check_guidance_scale, native_convs, tiny_convs
@@ -233,7 +234,7 @@ def sdedit(sd, image: ImageLike | torch.Tensor, prompt: str, *, strength: float 
         raise ValueError(f"strength {strength} of {steps} steps leaves no step to run; raise it")
     t = int(timesteps[start_step])
     z0 = image_latents(sd, image)  # (1, 4, h, w)
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    generator = seeded_generator(seed)
     noise = torch.randn(z0.shape, generator=generator).to(z0)  # (1, 4, h, w)
     z_t = q_sample(sd.schedule, z0, t, noise)  # Ho et al. Eq. 4
     cond = sd.encode_prompts([prompt])

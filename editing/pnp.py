@@ -35,9 +35,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from PIL import Image
 
-from ldm.generate import finite_float, positive_int, save_atomically
+from ldm.generate import device_name, finite_float, output_problem, positive_int, save_atomically, seed_value
 
 from .p2p import captioned_grid, fraction, load_model
 from .plug_and_play import DEFAULT_NEGATIVE
@@ -69,12 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DDIM inversion steps (default: --steps); their timesteps must hold the sampling ones")
     p.add_argument("--guidance", type=finite_float, default=7.5,
                    help="classifier-free guidance scale (default 7.5, SD v1's; the toy model's is 5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of SDEdit's noise in --figure (default 0)")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of SDEdit's noise in --figure (default 0)")
     p.add_argument("--out", type=Path, default=Path("pnp.png"), help="the translated image (default pnp.png)")
     p.add_argument("--figure", type=Path, help="also write input | Plug-and-Play | SDEdit side by side here")
     p.add_argument("--strengths", type=strength, nargs="+", metavar="S",
                    help=f"SDEdit strengths in --figure (default {' '.join(map(str, DEFAULT_STRENGTHS))})")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", type=device_name, default="cpu", help="torch device (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -82,10 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------- checks
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Everything that needs no file but the ones named; errors exit with status 2."""
-    Image.init()
     for flag, path in (("--out", args.out), ("--figure", args.figure)):
-        if path is not None and path.suffix.lower() not in Image.registered_extensions():
-            parser.error(f"{flag} {path}: unknown image type {path.suffix!r}; use e.g. .png or .jpg")
+        if path is not None and (problem := output_problem(path)):
+            parser.error(f"{flag} {problem}")
     if not args.prompt.strip():
         parser.error(f"--prompt must describe the translation, got {args.prompt!r}")
     if args.strengths is not None and args.figure is None:
@@ -148,26 +146,33 @@ def main(argv: list[str] | None = None) -> int:
     if sd is None:
         return 2
 
-    progress = not args.quiet
-    image = load_image(args.image, sd.image_size, sd.image_size, multiple=sd.size_multiple)  # (1, 3, H, W)
-    inversion = invert_guidance_image(sd, image, steps=args.steps, inversion_steps=args.inversion_steps,
-                                      progress=progress)
-    z = plug_and_play(sd, inversion, args.prompt, negative_prompt=args.negative, guidance_scale=args.guidance,
-                      feature_injection=args.feature_injection, attention_injection=args.attention_injection,
-                      progress=progress)  # (1, 4, h, w)
-    translated = to_pil(sd.decode(z))[0]
-    save_atomically(translated, args.out)
-    print(f"wrote {args.out} (Plug-and-Play translation of {args.image} to {args.prompt!r})")
+    try:
+        progress = not args.quiet
+        image = load_image(args.image, sd.image_size, sd.image_size, multiple=sd.size_multiple)  # (1, 3, H, W)
+        inversion = invert_guidance_image(sd, image, steps=args.steps, inversion_steps=args.inversion_steps,
+                                          progress=progress)
+        z = plug_and_play(sd, inversion, args.prompt, negative_prompt=args.negative, guidance_scale=args.guidance,
+                          feature_injection=args.feature_injection, attention_injection=args.attention_injection,
+                          progress=progress)  # (1, 4, h, w)
+        translated = to_pil(sd.decode(z))[0]
+        save_atomically(translated, args.out)
+        print(f"wrote {args.out} (Plug-and-Play translation of {args.image} to {args.prompt!r})")
 
-    if args.figure:
-        panels, captions = [to_pil(image)[0], translated], ["input image", f"Plug-and-Play: {args.prompt}"]
-        for s in args.strengths:
-            z = sdedit(sd, inversion.z0, args.prompt, strength=s, steps=args.steps, guidance_scale=args.guidance,
-                       negative_prompt=args.negative, seed=args.seed, progress=progress)
-            panels.append(to_pil(sd.decode(z))[0])
-            captions.append(f"SDEdit {s:g}")
-        save_atomically(captioned_grid(panels, captions), args.figure)
-        print(f"wrote {args.figure} ({len(panels)} panels, left to right: {captions})")
+        if args.figure:
+            panels, captions = [to_pil(image)[0], translated], ["input image", f"Plug-and-Play: {args.prompt}"]
+            for s in args.strengths:
+                z = sdedit(sd, inversion.z0, args.prompt, strength=s, steps=args.steps, guidance_scale=args.guidance,
+                           negative_prompt=args.negative, seed=args.seed, progress=progress)
+                panels.append(to_pil(sd.decode(z))[0])
+                captions.append(f"SDEdit {s:g}")
+            save_atomically(captioned_grid(panels, captions), args.figure)
+            print(f"wrote {args.figure} ({len(panels)} panels, left to right: {captions})")
+    except ValueError as e:  # a bad image, a diverging edit (NonFiniteError): a message, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # writing the outputs: a full disk, a permission changed while computing
+        print(f"error: could not write the output: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

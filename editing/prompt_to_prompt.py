@@ -48,7 +48,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from ddpm.reverse import initial_noise
+from ddpm.reverse import initial_noise, seeded_generator
 from ldm.pipeline import check_guidance_scale
 from ldm.tokenizer import PromptTokenizer
 from unet.editor import Editor, Site
@@ -356,10 +356,7 @@ def prompt_to_prompt(sd, prompts: Sequence[str], *, mode: str | None = "replace"
         else:
             h = w = sd.image_size // sd.latent_factor
             if latents is None:
-                if seed is not None and generator is not None:
-                    raise ValueError("give seed or generator, not both")
-                if seed is not None:
-                    generator = torch.Generator().manual_seed(seed)
+                generator = seeded_generator(seed, generator)
                 latents = initial_noise((1, sd.unet.config.in_channels, h, w), None, generator, torch.float32, sd.device)
             z = latents
             kwargs = dict(uncond=sd.encode_prompts([""]) if s != 1 else None, steps=steps, guidance_scale=s)

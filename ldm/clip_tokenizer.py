@@ -74,7 +74,11 @@ def read_clip_merges(path: str | os.PathLike) -> list[tuple[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no CLIP BPE merges file at {path}; expected bpe_simple_vocab_16e6.txt.gz")
-    lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
+    try:
+        lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
+    except (OSError, EOFError, UnicodeDecodeError) as e:  # BadGzipFile is an OSError
+        raise ValueError(f"{path} is not a gzipped UTF-8 merges file ({e}); expected OpenAI's "
+                         f"bpe_simple_vocab_16e6.txt.gz") from None
     merges = [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]
     bad = [m for m in merges if len(m) != 2]
     if len(merges) != NUM_MERGES or bad:
@@ -93,15 +97,32 @@ class CLIPTokenizer(PromptTokenizer):
     """CLIP's byte-level BPE tokenizer, with SD v1's row layout: bos 49406, the prompt, eos 49407,
     eos as padding, 77 ids. Build it from a vocabulary and merges, or with :meth:`load`."""
 
-    def __init__(self, vocab: Mapping[str, int], merges: Sequence[tuple[str, str]]) -> None:
+    def __init__(self, vocab: Mapping[str, int], merges: Sequence[tuple[str, str]], source: str = "the tokenizer") -> None:
+        if not isinstance(vocab, Mapping) or not all(isinstance(t, str) and isinstance(i, int) and not isinstance(i, bool)
+                                                     for t, i in vocab.items()):
+            raise ValueError(f"{source}: the vocabulary must map token strings to int ids")
         missing = [t for t in (BOS, EOS) if t not in vocab]
         if missing:
-            raise ValueError(f"the vocabulary lacks the special tokens {missing}; a CLIP vocabulary has {BOS} and {EOS}")
+            raise ValueError(f"{source}: the vocabulary lacks the special tokens {missing}; a CLIP vocabulary has "
+                             f"{BOS} and {EOS}")
+        ids = sorted(vocab.values())
+        if ids != list(range(len(ids))):
+            repeated = sorted({i for i in ids if ids.count(i) > 1})[:5] if len(set(ids)) != len(ids) else []
+            raise ValueError(f"{source}: the vocabulary's ids must be 0..{len(ids) - 1}, each once"
+                             + (f"; repeated: {repeated}" if repeated else f"; got ids up to {ids[-1]}"))
+        byte_chars = list(bytes_to_unicode().values())
+        absent = [c for c in byte_chars + [c + END_OF_WORD for c in byte_chars] if c not in vocab]
+        if absent:
+            raise ValueError(f"{source}: the vocabulary lacks {len(absent)} of the 512 byte tokens (e.g. {absent[:3]}); "
+                             f"byte-level BPE needs every byte, alone and word-final, or some prompts cannot be encoded")
+        if not merges:
+            raise ValueError(f"{source}: there are no merges; every prompt would be split into single bytes")
         self.vocab = dict(vocab)
         self.merges = [tuple(m) for m in merges]
         unknown = [m for m in self.merges if len(m) != 2 or m[0] + m[1] not in self.vocab]
         if unknown:
-            raise ValueError(f"{len(unknown)} merges make tokens that are not in the vocabulary, e.g. {unknown[:3]}")
+            raise ValueError(f"{source}: {len(unknown)} merges make tokens that are not in the vocabulary, e.g. "
+                             f"{unknown[:3]}")
         self.rank = {pair: i for i, pair in enumerate(self.merges)}  # earlier learned = merged first
         self.id_to_token = {i: t for t, i in self.vocab.items()}
         self.byte_encoder = bytes_to_unicode()
@@ -172,7 +193,7 @@ class CLIPTokenizer(PromptTokenizer):
     def from_bpe_file(cls, path: str | os.PathLike) -> "CLIPTokenizer":
         """From OpenAI's ``bpe_simple_vocab_16e6.txt.gz``: the merges, and the vocabulary they make."""
         merges = read_clip_merges(path)
-        return cls(clip_vocab(merges), merges)
+        return cls(clip_vocab(merges), merges, source=str(path))
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike) -> "CLIPTokenizer":
@@ -183,11 +204,18 @@ class CLIPTokenizer(PromptTokenizer):
         vocab_path, merges_path = folder / "vocab.json", folder / "merges.txt"
         for p in (vocab_path, merges_path):
             if not p.is_file():
-                raise FileNotFoundError(f"no {p.name} in {folder}; expected a CLIP tokenizer folder (vocab.json + merges.txt)")
-        vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
-        lines = merges_path.read_text(encoding="utf-8").split("\n")
+                hint = (" (this folder holds only tokenizer.json, the tokenizers library's format: convert with "
+                        "--tokenizer pointing at a folder with vocab.json + merges.txt, e.g. SD's tokenizer/)"
+                        if (folder / "tokenizer.json").is_file() else "")
+                raise FileNotFoundError(f"no {p.name} in {folder}; expected a CLIP tokenizer folder "
+                                        f"(vocab.json + merges.txt){hint}")
+        try:
+            vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+            lines = merges_path.read_text(encoding="utf-8").split("\n")
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{vocab_path} or {merges_path} is not valid UTF-8 JSON / text: {e}") from None
         merges = [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#version")]
-        return cls(vocab, merges)
+        return cls(vocab, merges, source=f"{folder} (vocab.json + merges.txt)")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CLIPTokenizer":

@@ -43,15 +43,32 @@ ImageLike = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
+MAX_IMAGE_PIXELS = 4096 * 4096  # 16.8 M pixels (200 MB as float32 RGB); SD works at 512 x 512
+
+
+def check_pixels(width: int, height: int, what: str) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{what} is {width} x {height} = {width * height} pixels, more than this library reads "
+                         f"({MAX_IMAGE_PIXELS}, 4096 x 4096); downscale it first (SD works at 512 x 512)")
+
+
 def read_image_file(path: str | Path) -> Image.Image:
-    """Open an image file fully (not lazily), with its EXIF orientation applied; clear errors otherwise."""
+    """Open an image file fully (not lazily), with its EXIF orientation applied; clear errors otherwise.
+
+    The size in the file's header is checked before any pixel is decoded, so a file claiming
+    100000 x 100000 pixels (a decompression bomb) costs nothing."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        with Image.open(path) as image:
-            image.load()
-            return ImageOps.exif_transpose(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:  # reads the header only
+                check_pixels(*image.size, f"image {path}")
+                image.load()
+                return ImageOps.exif_transpose(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"image {path} is too large to decode safely ({e}); downscale it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:  # SyntaxError: PIL's word for some corrupt files
         raise ValueError(f"{path} is not an image PIL can read (PNG, JPEG, ...): {e}") from e
 
@@ -96,8 +113,11 @@ def to_rgb_tensor(image: ImageLike) -> tuple[torch.Tensor, str]:
     else:
         what = f"the {type(image).__name__} image"
     if isinstance(image, Image.Image):
+        check_pixels(*image.size, what)
         image = pil_to_array(image)
     if isinstance(image, np.ndarray):
+        if image.ndim >= 2:
+            check_pixels(image.shape[1], image.shape[0], what)
         rgb = array_to_rgb(image, what)  # (H, W, 3)
         return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None], what  # (1, 3, H, W)
     if isinstance(image, torch.Tensor):
@@ -107,6 +127,7 @@ def to_rgb_tensor(image: ImageLike) -> tuple[torch.Tensor, str]:
         if x.ndim != 4 or x.shape[:2] != (1, 3) or not x.is_floating_point():
             raise ValueError(f"an image tensor must be float (3, H, W) or (1, 3, H, W), got {x.dtype} "
                              f"{tuple(image.shape)}")
+        check_pixels(x.shape[-1], x.shape[-2], what)
         if x.numel() and not (bool(torch.isfinite(x).all()) and x.min() >= 0 and x.max() <= 1):
             raise ValueError(f"an image tensor must hold values in [0, 1], got [{x.min().item():.3g}, "
                              f"{x.max().item():.3g}]; map [-1, 1] images with (x + 1) / 2")

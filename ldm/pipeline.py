@@ -44,7 +44,7 @@ from ddim.inversion import ddim_invert_step
 from ddim.sampler import ddim_step, resolve_final_alpha_bar
 from ddpm.checks import check_choice
 from ddpm.guidance import classifier_free_guidance
-from ddpm.reverse import ddpm_step, initial_noise
+from ddpm.reverse import ddpm_step, initial_noise, seeded_generator
 from ddpm.schedule import NoiseSchedule, make_timesteps, previous_timesteps
 from unet.editor import Editor
 from unet.model import UNet
@@ -146,6 +146,10 @@ class StableDiffusion:
             raise ValueError(f"the parts do not fit: U-Net in_channels {u.in_channels} / cross_attention_dim "
                              f"{u.cross_attention_dim}, VAE latent_channels {v.latent_channels}, text hidden_size "
                              f"{c.hidden_size}; expected in_channels = latent_channels and cross_attention_dim = hidden_size")
+        if tokenizer.vocab_size > c.vocab_size or tokenizer.eos_id != c.eos_token_id or tokenizer.bos_id != c.bos_token_id:
+            raise ValueError(f"the tokenizer ({tokenizer.vocab_size} ids, bos {tokenizer.bos_id}, eos {tokenizer.eos_id}) "
+                             f"does not fit the text encoder ({c.vocab_size} ids, bos {c.bos_token_id}, eos "
+                             f"{c.eos_token_id}): they come from different models")
         self.device = torch.device(device)
         self.unet, self.vae = unet.to(self.device).eval(), vae.to(self.device).eval()
         self.text_encoder, self.tokenizer = text_encoder.to(self.device).eval(), tokenizer
@@ -324,10 +328,15 @@ class StableDiffusion:
             width = latents.shape[-1] * f if width is None else width
         height = self.image_size if height is None else height
         width = self.image_size if width is None else width
+        from weights.model_folder import MAX_IMAGE_SIDE
+
         for name, value in (("height", height), ("width", width)):
             if isinstance(value, bool) or not isinstance(value, int) or value < m or value % m:
                 raise ValueError(f"{name}={value!r} must be a positive multiple of {m} (the VAE divides sizes by "
                                  f"{f}, the U-Net by {m // f} more)")
+            if value > MAX_IMAGE_SIDE:
+                raise ValueError(f"{name}={value} is larger than {MAX_IMAGE_SIDE}, the largest side this pipeline "
+                                 f"samples (16 times SD's 512 x 512 pixels)")
         shape = (batch, self.unet.config.in_channels, height // f, width // f)
         if latents is not None and tuple(latents.shape) != shape:
             raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape} for {batch} prompts "
@@ -360,10 +369,7 @@ class StableDiffusion:
         self.timesteps(steps)
         check_sampler(sampler, eta)
         s = check_guidance_scale(guidance_scale)
-        if seed is not None and generator is not None:
-            raise ValueError("give seed or generator, not both")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"seed must be an int, got {seed!r}")
+        generator = seeded_generator(seed, generator)
         shape = self._latent_shape(B, height, width, latents)
 
         # With no editor, nothing made from here on outlives the call but the result, so it runs
@@ -376,8 +382,6 @@ class StableDiffusion:
             cond = self.encode_prompts(list(prompts))  # (B, 77, D)
             uncond = self.encode_prompts(negatives) if s != 1 else None  # (B, 77, D)
             if latents is None:
-                if seed is not None:
-                    generator = torch.Generator().manual_seed(seed)
                 latents = initial_noise(shape, None, generator, torch.float32, self.device)  # (B, 4, h, w)
             z0 = self.denoise(latents, cond, uncond, steps=steps, guidance_scale=s, sampler=sampler, eta=eta,
                               generator=generator, editor=editor, progress=progress)

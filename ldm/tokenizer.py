@@ -190,7 +190,13 @@ class WordTokenizer(PromptTokenizer):
         path = Path(folder) / "words.json"
         if not path.is_file():
             raise FileNotFoundError(f"no word vocabulary at {path}; expected a folder written by WordTokenizer.save")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path} is not valid UTF-8 JSON: {e}") from None
         if not isinstance(data, dict) or data.get("specials") != list(SPECIALS) or "words" not in data:
             raise ValueError(f"{path} is not a WordTokenizer vocabulary: expected {{'words': [...], 'specials': {list(SPECIALS)}}}")
-        return cls(data["words"])
+        try:
+            return cls(data["words"])
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None

@@ -57,7 +57,7 @@ def test_energy_distance():
     [
         (["--steps", "0"], r"--steps: expected a positive integer, got 0"),
         (["--steps", "many"], r"--steps: expected a positive integer, got 'many'"),
-        (["--seed", "-1"], r"--seed: expected an integer >= 0, got -1"),
+        (["--seed", "-1"], r"--seed: expected an integer in \[0, 2\^63 - 1\], got -1"),
         (["--out", "figure.jpg"], r"--out must name a \.png file, got 'figure.jpg'"),
     ],
 )

@@ -140,7 +140,7 @@ def test_cli_grey_rgba_and_odd_sized_images(sd, tmp_path):
     (dict(flags=["--inversion-steps", "30"]), r"--inversion-steps 30 misses the sampling timesteps \[101, 201"),
     (dict(flags=["--inversion-steps", "1001"]), r"num_inference_steps=1001 is more than num_train_timesteps=1000"),
     (dict(flags=["--steps", "0"]), r"--steps: expected a positive integer, got 0"),
-    (dict(out="t.xyz"), r"--out .*t.xyz: unknown image type '.xyz'"),
+    (dict(out="t.xyz"), r"--out .*t.xyz: cannot write .xyz"),
     (dict(flags=["--figure", "f.png", "--strengths", "0.05"]), r"--strengths \[0.05\] leave SDEdit no step to run"),
     (dict(flags=["--figure", "f.png", "--strengths", "0"]), r"--strengths: expected an SDEdit strength in \(0, 1\]"),
     (dict(flags=["--strengths", "0.5"]), r"--strengths applies to --figure only"),

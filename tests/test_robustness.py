@@ -6,6 +6,7 @@ must never give a silent black image, and malformed files that must end in the l
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -306,3 +307,252 @@ def test_the_header_reader_checks_sizes_against_offsets(tmp_path):
     path = _header_file(tmp_path, {"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 8]}})
     with pytest.raises(WeightsFileError, match="span 8 bytes"):
         read_safetensors_header(path)
+
+
+# ----------------------------------------------------------------------------------------------- 8. convert checks
+
+def _project_copy(project: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "src"
+    for name, data in _tree(project).items():
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        (copy / name).write_bytes(data)
+    return copy
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"beta_schedule": "foo"}, "beta_schedule='foo'"),
+    ({"num_train_timesteps": 0}, "num_train_timesteps=0"),
+    ({"num_train_timesteps": 10**9}, "num_train_timesteps=1000000000"),
+    ({"beta_start": -0.1}, "beta_start=-0.1"),
+    ({"beta_start": 0.02, "beta_end": 0.01}, "beta_end=0.01"),
+    ({"steps_offset": 5000}, "steps_offset=5000"),
+    ({"clip_sample": True}, "unknown scheduler settings"),
+])
+def test_scheduler_settings_are_checked_when_read(project, tmp_path, change, message):
+    """#8: convert copied scheduler settings unchecked and wrote folders it could not load."""
+    src = _project_copy(project, tmp_path)
+    manifest = json.loads((src / "model.json").read_text())
+    manifest["scheduler"].update(change)
+    (src / "model.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=message):
+        convert(src, tmp_path / "out", log=lambda _: None)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match=message):
+        load_model_folder(src)
+
+
+@pytest.mark.parametrize("size, message", [(72, "multiple of 32"), (65536, r"2048\], got 65536"), (8, "multiple of 32")])
+def test_an_image_size_the_pipeline_cannot_sample_is_refused_at_conversion(project, tmp_path, size, message):
+    """#8, #12: image_size was checked for a multiple of 8 while the pipeline needs the VAE's and the
+    U-Net's factors (32 for these tiny configs); 65536 was accepted."""
+    src = _project_copy(project, tmp_path)
+    manifest = json.loads((src / "model.json").read_text())
+    manifest["image_size"] = size
+    (src / "model.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=message):
+        convert(src, tmp_path / "out", log=lambda _: None)
+
+
+def test_unknown_manifest_fields_are_refused(project, tmp_path):
+    """#17: unknown manifest fields were ignored."""
+    src = _project_copy(project, tmp_path)
+    manifest = json.loads((src / "model.json").read_text())
+    manifest["guidance"] = 7.5
+    (src / "model.json").write_text(json.dumps(manifest))
+    with pytest.raises(WeightsFileError, match=r"unknown manifest fields \['guidance'\]"):
+        load_model_folder(src)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(["format", "parts", "tokenizer", "scheduler", "latent_scale", "image_size", "extra"]),
+       value=st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
+                          | st.text(max_size=6), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3),
+                          max_leaves=6))
+def test_fuzzed_manifests_end_in_a_clear_error(project, tmp_path_factory, key, value):
+    """Any one field of model.json replaced by any JSON value: the folder loads, or the reader raises
+    the project's error (a ValueError subclass naming the file or field); never another exception."""
+    src = _project_copy(project, tmp_path_factory.mktemp("fuzz"))
+    manifest = json.loads((src / "model.json").read_text())
+    manifest[key] = value
+    (src / "model.json").write_text(json.dumps(manifest))
+    from ldm.pipeline import StableDiffusion
+
+    try:
+        StableDiffusion.from_folder(src)
+    except (ValueError, FileNotFoundError):
+        pass
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(sorted(f.name for f in dataclasses.fields(UNetConfig)) + ["extra", "LIMITS"]),
+       value=st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats() | st.text(max_size=4)
+       | st.lists(st.integers(-5, 5000) | st.booleans(), max_size=9))
+def test_fuzzed_configs_end_in_a_clear_error(key, value):
+    """Any one field of unet.json replaced by any JSON value: the config builds (and then describes a
+    network of bounded size), or UNetConfig.from_dict raises ValueError; never another exception."""
+    d = UNetConfig.tiny().to_dict()
+    d[key] = value
+    try:
+        config = UNetConfig.from_dict(d)
+    except ValueError:
+        return
+    assert sum(config.block_out_channels) <= 8 * 8192 and config.layers_per_block <= 16
+
+
+# ----------------------------------------------------------------------------------------------- 10-12. images
+
+def test_output_paths_are_checked_before_the_heavy_work(tmp_path, capsys):
+    """#10: --out x.psd (PIL reads PSD but cannot write it), a folder named x.png, a path under a
+    file: each failed with a traceback after sampling. Now argparse refuses them first (exit 2)."""
+    from ldm.generate import main
+
+    (tmp_path / "x.png").mkdir()
+    (tmp_path / "file").write_text("")
+    for out, message in ((tmp_path / "x.psd", "cannot write .psd"), (tmp_path / "x.png", "is a folder"),
+                         (tmp_path / "file" / "y.png", "is a file, not a folder")):
+        with pytest.raises(SystemExit) as e:
+            main(["--weights", str(tmp_path), "--prompt", "a red circle", "--out", str(out)])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
+    """#11: a PNG header claiming 100000 x 100000 pixels gave a raw DecompressionBombError traceback."""
+    import zlib
+
+    from ldm.images import load_image
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
+    path = tmp_path / "bomb.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    with pytest.raises(ValueError, match="bomb.png is too large to decode safely"):
+        load_image(path)
+    with pytest.raises(ValueError, match="more than this library reads"):
+        load_image(torch.zeros(3, 5000, 5000))
+
+
+def test_sizes_beyond_the_limit_are_refused_before_sampling(sd):
+    """#12: 100000 x 64 ran for minutes; 100000 x 100000 failed in allocation."""
+    with pytest.raises(ValueError, match="larger than 2048"):
+        sd.text_to_image(["a red circle"], steps=2, height=100032, width=64, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------- 13. tokenizers
+
+def test_tokenizer_files_fail_with_messages_naming_the_file(tmp_path):
+    """#13: a non-gzip .gz gave BadGzipFile; an empty merges.txt was accepted (prompts silently split
+    into bytes); duplicate ids were accepted; a vocabulary without byte tokens failed at generation."""
+    from ldm.clip_tokenizer import CLIPTokenizer
+
+    fake = tmp_path / "bpe_simple_vocab_16e6.txt.gz"
+    fake.write_text("not gzip")
+    with pytest.raises(ValueError, match="is not a gzipped UTF-8 merges file"):
+        CLIPTokenizer.from_bpe_file(fake)
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    from ldm.clip_tokenizer import END_OF_WORD, bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    tokens = chars + [c + END_OF_WORD for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    with pytest.raises(ValueError, match=r"tok \(vocab.json \+ merges.txt\): there are no merges"):
+        CLIPTokenizer.from_folder(folder)
+    (folder / "vocab.json").write_text(json.dumps({**{t: i for i, t in enumerate(tokens)}, "x y": 3}))
+    with pytest.raises(ValueError, match="each once"):
+        CLIPTokenizer.from_folder(folder)
+    (folder / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1}))
+    with pytest.raises(ValueError, match="lacks 512 of the 512 byte tokens"):
+        CLIPTokenizer.from_folder(folder)
+    only_json = tmp_path / "new"
+    only_json.mkdir()
+    (only_json / "tokenizer.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="holds only tokenizer.json"):
+        CLIPTokenizer.from_folder(only_json)
+
+
+def test_a_tokenizer_that_does_not_fit_the_text_encoder_is_refused(sd):
+    """#13: from_folder never checked that the tokenizer fits the text encoder."""
+    from ldm.pipeline import StableDiffusion
+
+    small = WordTokenizer(WORDS[:3])
+    with pytest.raises(ValueError, match="does not fit the text encoder"):
+        StableDiffusion(sd.unet, sd.vae, sd.text_encoder, small, sd.schedule, image_size=64)
+
+
+# ----------------------------------------------------------------------------------------------- 14, 15, 17
+
+def test_the_conversion_hint_for_a_pickle_cannot_inject_shell_code(tmp_path):
+    """#14: the hint put the path unquoted into a shell one-liner; pasting it for a file named
+    `$(touch X).ckpt` ran `touch X`. Now the printed command, run by a shell, creates nothing but
+    the converted file's attempt (the path is an argument, quoted)."""
+    import subprocess
+
+    evil = tmp_path / "$(touch INJECTED).ckpt"
+    torch.save({"w": torch.zeros(1)}, evil)
+    with pytest.raises(WeightsFileError) as e:
+        read_safetensors(evil)
+    command = next(line.strip() for line in str(e.value).splitlines() if line.strip().startswith("python -c"))
+    import sys
+
+    command = command.replace("python", f"'{sys.executable}'", 1)
+    subprocess.run(command, shell=True, cwd=tmp_path, check=False, capture_output=True)
+    assert not (tmp_path / "INJECTED").exists()
+    assert (tmp_path / "$(touch INJECTED).safetensors").is_file()  # and the command did its job
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**64 - 1, 2**64, True, 1.5])
+def test_seeds_that_would_alias_are_refused(sd, seed):
+    """#15: 2^64 gave "Overflow when unpacking long long"; 2^63 gave seed 0's image; -1, 2^63 - 1 and
+    2^64 - 1 gave one image. Seeds are ints in [0, 2^63 - 1]."""
+    with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\^63 - 1\]"):
+        sd.text_to_image(["a red circle"], steps=2, seed=seed, progress=False)
+
+
+def test_seed_and_device_flags_are_checked_by_argparse(tmp_path, capsys):
+    from ldm.generate import main
+
+    for flags, message in ((["--seed", str(2**63)], "expected a seed in [0, 2^63 - 1]"),
+                           (["--device", "bogus"], "expected a torch device"),
+                           (["--device", "cuda:7"], "cuda:7")):
+        with pytest.raises(SystemExit) as e:
+            main(["--weights", str(tmp_path), "--prompt", "a", "--out", str(tmp_path / "a.png"), *flags])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_other_bad_arguments(sd, tmp_path, capsys):
+    """#17: steps=True was taken as 1; generator=5 gave AttributeError; --reweight red=2 RED=3 let the
+    last win silently."""
+    with pytest.raises(ValueError, match="num_inference_steps must be a positive int, got True"):
+        sd.text_to_image(["a red circle"], steps=True, seed=0, progress=False)
+    with pytest.raises(ValueError, match="generator must be a torch.Generator, got int"):
+        sd.text_to_image(["a red circle"], steps=2, generator=5, progress=False)
+    from editing.p2p import main
+
+    with pytest.raises(SystemExit):
+        main(["--weights", str(tmp_path), "--prompts", "a red circle", "a red square", "--mode", "reweight",
+              "--reweight", "red=2", "RED=3", "--out", str(tmp_path / "x.png")])
+    assert "--reweight names ['red'] more than once" in capsys.readouterr().err
+
+
+def test_demo_figures_take_the_format_of_their_extension_and_the_umask(tmp_path):
+    """#16: demo outputs were 0600 (mkstemp) and always PNG bytes, whatever the extension."""
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from ddpm.demo import save_figure
+
+    fig = Figure(figsize=(2, 2))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    old = os.umask(0o077)
+    try:
+        save_figure(fig, tmp_path / "a.jpg")
+        save_figure(fig, tmp_path / "b.png")
+    finally:
+        os.umask(old)
+    assert Image.open(tmp_path / "a.jpg").format == "JPEG" and Image.open(tmp_path / "b.png").format == "PNG"
+    assert stat.S_IMODE((tmp_path / "a.jpg").stat().st_mode) == 0o600  # what umask 077 asks for
+    save_figure(fig, tmp_path / "c.png")
+    assert stat.S_IMODE((tmp_path / "c.png").stat().st_mode) == 0o666 & ~old

@@ -358,8 +358,12 @@ def test_clip_tokenizer_bad_files(tmp_path):
         CLIPTokenizer.from_bpe_file(tmp_path / "missing.txt.gz")
     with pytest.raises(ValueError, match="lacks the special tokens"):
         CLIPTokenizer({"a": 0, "b": 1}, [])
+    from ldm.clip_tokenizer import END_OF_WORD, bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    tokens = chars + [c + END_OF_WORD for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     with pytest.raises(ValueError, match="merges make tokens that are not in the vocabulary"):
-        CLIPTokenizer({"a": 0, "b": 1, "<|startoftext|>": 2, "<|endoftext|>": 3}, [("a", "b")])
+        CLIPTokenizer({t: i for i, t in enumerate(tokens)}, [("a", "b")])
 
 
 def test_clip_tokenizer_rejects_text_that_is_not_unicode(ours):

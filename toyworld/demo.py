@@ -22,6 +22,7 @@ import torch
 from matplotlib.figure import Figure
 
 from ddpm.demo import save_figure
+from ldm.generate import output_problem, seed_value
 from ddpm.parameterization import eps_to_x0
 from ldm.pipeline import StableDiffusion
 from unet.editor import Editor
@@ -130,9 +131,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="The toy Stable Diffusion end to end: one figure.")
     p.add_argument("--weights", type=Path, default=Path("weights/toy"))
     p.add_argument("--out", type=Path, default=Path("outputs/demo_toy.png"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_value, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if problem := output_problem(args.out, "figure"):
+        p.error(f"--out {problem}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

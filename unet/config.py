@@ -49,7 +49,7 @@ class JsonConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
         """Inverse of :meth:`to_dict`; unknown keys are an error that lists them."""
-        names = set(cls.__dataclass_fields__)
+        names = {f.name for f in fields(cls)}  # not __dataclass_fields__, which also lists the ClassVar LIMITS
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}; expected a subset of {sorted(names)}")

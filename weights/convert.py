@@ -45,7 +45,7 @@ from .components import (
 from .io import PathLike, WeightsFileError, read_json, read_safetensors_shapes, write_json
 from .model_folder import (
     CLIP_BPE_FILE, MANIFEST, SD_V1_IMAGE_SIZE, SD_V1_SCHEDULE, TOKENIZER_FOLDER, installed_clip_bpe, load_tokenizer,
-    manifest, manifest_image_size, read_manifest,
+    check_image_size, check_scheduler_settings, manifest, manifest_image_size, read_manifest,
 )
 from .unet_loading import UNET
 from .vae_loading import VAE
@@ -204,8 +204,11 @@ def convert(
     check_parts_fit(configs, tok)
     for c in COMPONENTS:
         check_header(c, sources[c.name], configs[c.name])
-    schedule = source_schedule(source, layout)
+    schedule = check_scheduler_settings(source_schedule(source, layout), f"{source}'s scheduler")
     image_size = source_image_size(source, layout, configs["vae"].downsample_factor)
+    # The pipeline samples at image_size by default: the VAE and then the U-Net must divide it.
+    check_image_size(image_size, f"{source}'s image size",
+                     configs["vae"].downsample_factor * configs["unet"].downsample_factor)
 
     log(f"converting {source} ({layout} layout) -> {dest} ({to} layout)")
     tmp = temporary_folder(dest)

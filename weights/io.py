@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import struct
 from pathlib import Path
 from typing import Any, Mapping
@@ -49,13 +50,16 @@ def _existing_file(path: PathLike, expected: str) -> Path:
 
 
 def _convert_hint(path: Path) -> str:
+    """How to convert a pickled file. The paths are shell-quoted arguments of the one-liner, never
+    part of its code, so a file named ``$(touch X).ckpt`` cannot run anything when the line is pasted."""
     target = path.with_suffix(".converted.safetensors" if path.suffix == ".safetensors" else ".safetensors")
+    code = ("import sys, torch, safetensors.torch as st; "
+            "sd = torch.load(sys.argv[1], map_location='cpu', weights_only=True); sd = sd.get('state_dict', sd); "
+            "st.save_file({k: v.contiguous() for k, v in sd.items()}, sys.argv[2])")
     return (
         f"{path} is a pickled PyTorch file, not safetensors. This project does not unpickle weights by "
         f"default. Convert it once:\n"
-        f"  python -c \"import torch, safetensors.torch as st; "
-        f"sd = torch.load('{path}', map_location='cpu', weights_only=True); sd = sd.get('state_dict', sd); "
-        f"st.save_file({{k: v.contiguous() for k, v in sd.items()}}, '{target}')\"\n"
+        f"  python -c {shlex.quote(code)} {shlex.quote(str(path))} {shlex.quote(str(target))}\n"
         f"or pass allow_pickle_weights_only=True to read it with torch.load(weights_only=True)."
     )
 

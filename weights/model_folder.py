@@ -104,11 +104,51 @@ def manifest(scaling_factor: float, tokenizer: PromptTokenizer | None, schedule:
     }
 
 
-def check_image_size(value: Any, where: str) -> int:
-    """A native resolution is a positive multiple of 8 (the VAE's downsampling factor)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 8 or value % 8:
-        raise ValueError(f"{where} must be a positive int multiple of 8, got {value!r}")
+MAX_IMAGE_SIDE = 2048  # px: 16 times SD v1's pixels; larger sides fail in allocation or run for hours
+MANIFEST_KEYS = ("format", "parts", "tokenizer", "scheduler", "latent_scale", "image_size")
+SCHEDULE_NAMES = ("linear", "scaled_linear", "cosine")
+
+
+def check_image_size(value: Any, where: str, multiple: int = 8) -> int:
+    """A native resolution is a multiple of ``multiple`` (8, the VAE's factor, unless the model's
+    VAE and U-Net factors are known: their product) of at most ``MAX_IMAGE_SIDE``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < multiple or value % multiple \
+            or value > MAX_IMAGE_SIDE:
+        raise ValueError(f"{where} must be a multiple of {multiple} in [{multiple}, {MAX_IMAGE_SIDE}], got {value!r}")
     return value
+
+
+def check_scheduler_settings(settings: Any, where: str) -> dict[str, Any]:
+    """The noise-schedule settings a manifest or a diffusers scheduler_config.json gives, checked:
+    a known schedule, 1..10000 training steps, 0 < beta_start < beta_end < 1, 0 <= steps_offset < T."""
+    if not isinstance(settings, dict):
+        raise WeightsFileError(f"{where}: the scheduler settings must be a JSON object, got {settings!r:.100}")
+    unknown = sorted(set(settings) - set(SD_V1_SCHEDULE) - {"timestep_spacing"})
+    if unknown:
+        raise WeightsFileError(f"{where}: unknown scheduler settings {unknown}; expected some of "
+                               f"{sorted(SD_V1_SCHEDULE) + ['timestep_spacing']}")
+    s = {**SD_V1_SCHEDULE, **settings}
+
+    def fail(name: str, expected: str) -> WeightsFileError:
+        return WeightsFileError(f"{where}: scheduler setting {name}={s[name]!r}; expected {expected}")
+
+    if s["beta_schedule"] not in SCHEDULE_NAMES:
+        raise fail("beta_schedule", f"one of {SCHEDULE_NAMES}")
+    T = s["num_train_timesteps"]
+    if isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= 10000:
+        raise fail("num_train_timesteps", "an int in [1, 10000]")
+    for name in ("beta_start", "beta_end"):
+        v = s[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise fail(name, "a number in (0, 1)")
+    if not s["beta_start"] < s["beta_end"]:
+        raise fail("beta_end", f"a number above beta_start={s['beta_start']}")
+    off = s["steps_offset"]
+    if isinstance(off, bool) or not isinstance(off, int) or not 0 <= off < T:
+        raise fail("steps_offset", f"an int in [0, {T - 1}]")
+    if "timestep_spacing" in s and s["timestep_spacing"] not in ("leading", "trailing", "linspace"):
+        raise fail("timestep_spacing", "one of ('leading', 'trailing', 'linspace')")
+    return dict(settings)
 
 
 def manifest_image_size(data: dict[str, Any], folder: PathLike) -> int:
@@ -125,6 +165,11 @@ def read_manifest(folder: PathLike) -> dict[str, Any]:
     data = read_json(path)
     if data.get("format") != FORMAT or not isinstance(data.get("scheduler"), dict):
         raise WeightsFileError(f"{path} is not a model manifest: expected format {FORMAT!r} and a scheduler")
+    unknown = sorted(set(data) - set(MANIFEST_KEYS))
+    if unknown:
+        raise WeightsFileError(f"{path}: unknown manifest fields {unknown}; expected some of {list(MANIFEST_KEYS)} "
+                               f"(a newer version's folder, or an edit by hand?)")
+    check_scheduler_settings(data["scheduler"], str(path))
     return data
 
 
