@@ -13,6 +13,7 @@ and draws one figure with a panel for each. The notebooks (``notebooks/01_ddpm.i
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -124,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     try:
         summary = run(args.out, args.steps, args.seed, args.progress)
+    except OSError as e:  # writing the figure: a full disk, no permission
+        print(f"error: could not write {args.out}: {e}", file=sys.stderr)
+        return 2
     finally:
         torch.set_num_threads(threads)
     print(f"wrote {args.out}")

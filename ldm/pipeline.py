@@ -72,7 +72,7 @@ class NonFiniteError(ValueError):
 def check_finite(x: torch.Tensor, where: str, cause: str) -> torch.Tensor:
     """``x`` unchanged if every value is finite; else a :class:`NonFiniteError` naming ``where`` and ``cause``."""
     if not torch.isfinite(x).all():
-        raise NonFiniteError(f"{where} holds NaN or inf values; likely cause: {cause}")
+        raise NonFiniteError(f"{where}: NaN or inf values appeared; likely cause: {cause}")
     return x
 
 
@@ -214,7 +214,8 @@ class StableDiffusion:
         s = check_guidance_scale(guidance_scale)
         if s == 1:
             return check_finite(self.unet(latents, t, cond, editor), f"the noise prediction at t={t}",
-                                "the weights or the context hold NaN/inf")  # (B, 4, h, w)
+                                "the weights or the context hold NaN/inf"
+                                + (", or the editor's change (a re-weighting?) is too large" if editor else ""))
         if uncond is None:
             raise ValueError(f"guidance_scale={s} needs the unconditional context uncond; got None")
         B = latents.shape[0]
@@ -222,7 +223,8 @@ class StableDiffusion:
         eps = self.unet(torch.cat([latents, latents]), t, context, editor)  # (2B, 4, h, w)
         eps_uncond, eps_cond = eps.chunk(2)  # (B, 4, h, w) each
         return check_finite(classifier_free_guidance(eps_uncond, eps_cond, s), f"the guided noise prediction at t={t}",
-                            f"the guidance scale {s} is too large, or the weights hold NaN/inf")  # (B, 4, h, w)
+                            f"the guidance scale {s} is too large, the weights hold NaN/inf"
+                            + (", or the editor's change (a re-weighting?) is too large" if editor else ""))
 
     # ------------------------------------------------------------------ loops
     @torch.no_grad()

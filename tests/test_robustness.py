@@ -363,16 +363,21 @@ def test_unknown_manifest_fields_are_refused(project, tmp_path):
         load_model_folder(src)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.fixture(scope="module")
+def fuzz_folder(project, tmp_path_factory) -> Path:
+    return _project_copy(project, tmp_path_factory.mktemp("fuzz"))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # ~0.3 s each
 @given(key=st.sampled_from(["format", "parts", "tokenizer", "scheduler", "latent_scale", "image_size", "extra"]),
        value=st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
                           | st.text(max_size=6), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3),
                           max_leaves=6))
-def test_fuzzed_manifests_end_in_a_clear_error(project, tmp_path_factory, key, value):
+def test_fuzzed_manifests_end_in_a_clear_error(project, fuzz_folder, key, value):
     """Any one field of model.json replaced by any JSON value: the folder loads, or the reader raises
     the project's error (a ValueError subclass naming the file or field); never another exception."""
-    src = _project_copy(project, tmp_path_factory.mktemp("fuzz"))
-    manifest = json.loads((src / "model.json").read_text())
+    src = fuzz_folder
+    manifest = json.loads((project / "model.json").read_text())
     manifest[key] = value
     (src / "model.json").write_text(json.dumps(manifest))
     from ldm.pipeline import StableDiffusion

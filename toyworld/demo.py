@@ -14,6 +14,7 @@ One figure holds the three rows; the printout says what each took and where the 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -149,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         start = time.perf_counter()
         report = run(args.weights, args.out, args.seed, progress=not args.no_progress)
+    except (ValueError, OSError) as e:  # a damaged model folder, a full disk
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:
         torch.set_num_threads(threads)
     print(f"text to image: {report['seconds_per_image']:.2f} s per image (batch of {len(PROMPTS)}); the analyzer "

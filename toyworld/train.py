@@ -48,6 +48,7 @@ from tqdm import tqdm
 from ddpm.schedule import NoiseSchedule
 from ddpm.training import diffusion_loss
 from ldm.clip_text import CLIPTextModel
+from ldm.generate import device_name
 from ldm.vae import AutoencoderKL
 from unet.model import UNet
 from weights.clip_loading import save_text_encoder
@@ -388,7 +389,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--stop-after", choices=("vae", "clip", "diffusion"), default=None,
                    help="end after this stage (no export): to share stage 1 between runs")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
     for name in ("vae_steps", "vae_batch", "clip_steps", "clip_batch", "diffusion_steps", "diffusion_batch",

@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                  "text_encoder": _read_config(args.text_config, CLIPTextConfig)}
         convert(args.source, args.dest, args.to, args.tokenizer, {k: v for k, v in given.items() if v is not None},
                 args.force)
-    except (ValueError, FileNotFoundError, FileExistsError, json.JSONDecodeError) as e:
+    except (ValueError, OSError, json.JSONDecodeError) as e:  # OSError: missing files, a full disk
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
