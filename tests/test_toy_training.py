@@ -261,3 +261,22 @@ def test_a_diverged_run_stops_with_a_message_and_exit_code(tmp_path, capsys):
     finally:
         module._main = original
     assert "error: diffusion step 3" in capsys.readouterr().err
+
+
+def test_export_now_writes_the_latest_checkpoints_ema_without_training(tmp_path):
+    """--export-now: a look at a run in progress. It trains nothing (the checkpoint's step stays)
+    and exports exactly the checkpoint's EMA weights."""
+    from weights.io import read_safetensors
+
+    common = ["--run", str(tmp_path / "run"), "--vae-steps", "2", "--vae-batch", "2", "--latent-images", "64",
+              "--scale-images", "64",
+              "--diffusion-batch", "4", "--checkpoint-every", "2", "--threads", "1"]
+    assert train.main([*common, "--diffusion-steps", "4", "--stop-after", "diffusion"]) == 0
+    assert train.main([*common, "--diffusion-steps", "10", "--export-now", "--out", str(tmp_path / "model")]) == 0
+    from toyworld import checkpoint
+
+    assert checkpoint.read_meta(tmp_path / "run" / "diffusion")["step"] == 4
+    stored = read_safetensors(tmp_path / "run" / "diffusion.safetensors")
+    exported = read_safetensors(tmp_path / "model" / "unet.safetensors")
+    assert all(torch.equal(exported[k], stored[f"ema.unet.{k}"]) for k in exported)
+    assert train.main([*common, "--export-now", "--run", str(tmp_path / "empty"), "--out", str(tmp_path / "m2")]) == 2

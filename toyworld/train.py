@@ -386,14 +386,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--diffusion-batch", type=int, default=64)
     p.add_argument("--diffusion-lr", type=float, default=1e-3)
     p.add_argument("--latent-images", type=int, default=40000, help="training images encoded for stage 2")
+    p.add_argument("--scale-images", type=int, default=2048, help="fresh images the latent scale is measured on")
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--stop-after", choices=("vae", "clip", "diffusion"), default=None,
                    help="end after this stage (no export): to share stage 1 between runs")
+    p.add_argument("--export-now", action="store_true",
+                   help="train no further: export the EMA weights of the latest checkpoints to --out "
+                        "(to look at a run in progress; run the same command without it to go on)")
     p.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
     for name in ("vae_steps", "vae_batch", "clip_steps", "clip_batch", "diffusion_steps", "diffusion_batch",
-                 "latent_images", "checkpoint_every"):
+                 "latent_images", "scale_images", "checkpoint_every"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args
@@ -461,9 +465,16 @@ def _main(args: argparse.Namespace) -> int:
     for folder in (args.run, vae_run):
         folder.mkdir(parents=True, exist_ok=True)
     log_line(args.run, f"training the toy model on {args.device}: {vars(args)}")
+    def saved_step(path: Path) -> int | None:  # --export-now trains up to the checkpoint it finds: no step
+        if not args.export_now:
+            return None
+        if not checkpoint.exists(path):
+            raise ValueError(f"--export-now: {path}.safetensors does not exist yet; train first")
+        return checkpoint.read_meta(path)["step"]
+
     vae = train_vae(vae_run, args.vae_steps, args.vae_batch, args.vae_lr, args.device, args.checkpoint_every,
-                    recipe=recipe)
-    scale = measure_latent_scale(vae, args.device, recipe=recipe)
+                    until=saved_step(vae_run / "vae"), recipe=recipe)
+    scale = measure_latent_scale(vae, args.device, n=args.scale_images, recipe=recipe)
     log_line(args.run, f"latent scale 1/std = {scale:.5f}")
     for turn in ("main", "others"):  # process 0 encodes (or reads the cache); the others then read it
         if distributed.is_main() == (turn == "main"):
@@ -480,7 +491,8 @@ def _main(args: argparse.Namespace) -> int:
     if args.stop_after == "clip":
         return 0
     model = train_diffusion(args.run, scale, means, stds, args.diffusion_steps, args.diffusion_batch,
-                            args.diffusion_lr, args.device, args.checkpoint_every, recipe=recipe, scenes=scenes,
+                            args.diffusion_lr, args.device, args.checkpoint_every,
+                            until=saved_step(args.run / "diffusion"), recipe=recipe, scenes=scenes,
                             text_encoder=text_encoder)
     if args.stop_after == "diffusion" or not distributed.is_main():
         return 0
