@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .analyze import (MIN_PIXELS, SIZE_THRESHOLD, _check_range, _nearest, connected_components, erode, fill_holes,
+from .analyze import (MIN_PIXELS, SIZE_THRESHOLD, _nearest, _to_rgb, connected_components, erode, fill_holes,
                       fit_shapes)
 from .scenes import (HORIZON_RANGE, PLAIN_BACKGROUNDS, SCENE_BACKGROUNDS, STRIPE_PERIOD, STRUCTURED_BACKGROUNDS,
                      background_colours, parse_description)
@@ -101,24 +101,6 @@ class SceneReading:
         for o in self.objects:
             out |= o.mask
         return out
-
-
-def _to_rgb(image: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(image, torch.Tensor):
-        if tuple(image.shape) != (3, IMAGE_SIZE, IMAGE_SIZE) or not image.is_floating_point():
-            raise ValueError(f"expected a float torch tensor (3, {IMAGE_SIZE}, {IMAGE_SIZE}) in [-1, 1], "
-                             f"got {image.dtype} {tuple(image.shape)}")
-        array = image.detach().cpu().double().numpy()
-        _check_range(array, -1.0, 1.0, "tensor")
-        return np.clip((array.transpose(1, 2, 0) + 1) / 2, 0.0, 1.0)
-    if isinstance(image, np.ndarray):
-        if image.shape != (IMAGE_SIZE, IMAGE_SIZE, 3) or not np.issubdtype(image.dtype, np.floating):
-            raise ValueError(f"expected a float numpy array ({IMAGE_SIZE}, {IMAGE_SIZE}, 3) in [0, 1], "
-                             f"got {image.dtype} {image.shape}")
-        _check_range(image, 0.0, 1.0, "array")
-        return np.clip(image.astype(np.float64), 0.0, 1.0)
-    raise ValueError(f"expected a (64, 64, 3) numpy array in [0, 1] or a (3, 64, 64) torch tensor in [-1, 1], "
-                     f"got {type(image).__name__}")
 
 
 def _ring(size: int = IMAGE_SIZE) -> np.ndarray:

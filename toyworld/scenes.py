@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .render import coverage, pixel_grid, signed_distance, to_tensor
-from .world import (BACKGROUNDS, COLOURS, IMAGE_SIZE, MAX_CENTRE_JITTER, MAX_SIZE_JITTER, OMIT_PROBABILITY,
+from .world import (BACKGROUNDS, COLOURS, Placed, IMAGE_SIZE, MAX_CENTRE_JITTER, MAX_SIZE_JITTER, OMIT_PROBABILITY,
                     POSITION_PHRASES, POSITIONS, SHAPES, SIZES, VOCABULARY, parse_caption)
 
 OBJECT_ATTRIBUTES = ("shape", "colour", "size", "position")
@@ -75,7 +75,7 @@ def phase_range(background: str) -> tuple[float, float]:
 
 
 @dataclass(frozen=True)
-class SceneObject:
+class SceneObject(Placed):
     """One object: the first world's four object attributes and the jitter that places it."""
 
     shape: str
@@ -90,18 +90,7 @@ class SceneObject:
         for name, options in _OPTIONS.items():
             if getattr(self, name) not in options:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {options}")
-        if abs(self.dx) > MAX_CENTRE_JITTER or abs(self.dy) > MAX_CENTRE_JITTER or abs(self.dsize) > MAX_SIZE_JITTER:
-            raise ValueError(f"jitter (dx={self.dx}, dy={self.dy}, dsize={self.dsize}) exceeds "
-                             f"+-{MAX_CENTRE_JITTER} px (centre) / +-{MAX_SIZE_JITTER} px (size)")
-
-    @property
-    def centre(self) -> tuple[float, float]:
-        x, y = POSITIONS[self.position]
-        return x + self.dx, y + self.dy
-
-    @property
-    def half_size(self) -> float:
-        return SIZES[self.size] + self.dsize
+        self.check_jitter()
 
     def attributes(self) -> dict[str, str]:
         return {name: getattr(self, name) for name in OBJECT_ATTRIBUTES}

@@ -68,8 +68,26 @@ MAX_SIZE_JITTER = 1.0  # pixels, uniform in [-1, 1] on the half extent
 OMIT_PROBABILITY = {"colour": 0.1, "size": 0.3, "position": 0.3, "background": 0.4}
 
 
+class Placed:
+    """Where an object with ``position``, ``size`` and the jitter ``dx``, ``dy``, ``dsize`` lies."""
+
+    def check_jitter(self) -> None:
+        if abs(self.dx) > MAX_CENTRE_JITTER or abs(self.dy) > MAX_CENTRE_JITTER or abs(self.dsize) > MAX_SIZE_JITTER:
+            raise ValueError(f"jitter (dx={self.dx}, dy={self.dy}, dsize={self.dsize}) exceeds "
+                             f"+-{MAX_CENTRE_JITTER} px (centre) / +-{MAX_SIZE_JITTER} px (size)")
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        x, y = POSITIONS[self.position]
+        return x + self.dx, y + self.dy
+
+    @property
+    def half_size(self) -> float:
+        return SIZES[self.size] + self.dsize
+
+
 @dataclass(frozen=True)
-class Scene:
+class Scene(Placed):
     """One image's content: the five attributes and the jitter that places the object."""
 
     shape: str
@@ -88,18 +106,7 @@ class Scene:
                 raise ValueError(f"{name} {value!r} is not one of {CHOICES[name]}")
         if self.colour == self.background:
             raise ValueError(f"a {self.colour} object on a {self.background} background would be invisible")
-        if abs(self.dx) > MAX_CENTRE_JITTER or abs(self.dy) > MAX_CENTRE_JITTER or abs(self.dsize) > MAX_SIZE_JITTER:
-            raise ValueError(f"jitter (dx={self.dx}, dy={self.dy}, dsize={self.dsize}) exceeds "
-                             f"+-{MAX_CENTRE_JITTER} px (centre) / +-{MAX_SIZE_JITTER} px (size)")
-
-    @property
-    def centre(self) -> tuple[float, float]:
-        x, y = POSITIONS[self.position]
-        return x + self.dx, y + self.dy
-
-    @property
-    def half_size(self) -> float:
-        return SIZES[self.size] + self.dsize
+        self.check_jitter()
 
     def attributes(self) -> dict[str, str]:
         return {name: getattr(self, name) for name in ATTRIBUTES}
