@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from toyworld.analyze import mask_iou
-from toyworld.render import coverage, render
+from toyworld.render import render
 from toyworld.scene_analysis import match_objects, read_scene, read_scenes, scene_matches
 from toyworld.scenes import (HORIZON_RANGE, MIN_GAP, OBJECT_COUNTS, SCENE_BACKGROUNDS, SCENE_VOCABULARY,
                              STRIPE_PERIOD, MultiScene, SceneDataset, SceneObject, background_colours, describe,
                              parse_description, random_description, random_scene, render_background, render_scene,
                              with_object)
-from toyworld.world import VOCABULARY, Scene, caption, parse_caption
+from toyworld.world import VOCABULARY, caption, parse_caption
 from toyworld.world import random_scene as random_single_scene
 
 from tests.test_toyworld import gaussian_blur

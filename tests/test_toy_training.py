@@ -169,7 +169,7 @@ class Crash(Exception):
     """A simulated kill at a write."""
 
 
-def _crash_at(monkeypatch, k: int, inside: "Path") -> list:
+def _crash_at(monkeypatch, k: int, inside) -> list:
     """Make the k-th rename into ``inside`` (a file or folder put in place) raise Crash; count them."""
     import os
     from pathlib import Path
