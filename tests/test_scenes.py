@@ -284,3 +284,41 @@ def test_an_empty_background_holds_no_object():
         reading = read_scene(render_background(name, phase).astype(np.float64))
         assert reading.background == name and reading.objects == ()
         assert HORIZON_RANGE[0] - 2 <= reading.phase <= HORIZON_RANGE[1] + 2 or name != "horizon"
+
+
+# ----------------------------------------------------------------------------------------------- diagnostics
+
+def test_word_map_concentration_is_one_for_a_flat_map_and_the_inverse_share_on_the_object():
+    """attention_eval.measure_word: a flat map puts |O|/|image| of its mass on O (concentration 1);
+    a map that is constant on O's cells and 0 elsewhere puts all of it there (|image| / |O|)."""
+    from toyworld.attention_eval import measure_word, word_tokens
+
+    own = np.zeros((64, 64), dtype=bool)
+    own[:32, :32] = True  # the top-left quarter: 16 of the 8x8 map's 64 cells
+    other = np.zeros_like(own)
+    other[32:, 32:] = True
+    c, o, iou = measure_word(torch.ones(8, 8), own, other)
+    assert c == pytest.approx(1.0) and o is False  # equal mass on both quarters: not "more"
+    peaked = torch.zeros(8, 8)
+    peaked[:4, :4] = 1.0
+    c, o, iou = measure_word(peaked, own, other)
+    assert 3.0 < c <= 4.0 and o is True and iou > 0.7  # bilinear upsampling spreads the edge a little
+    assert word_tokens("a red circle and a small blue square") == [(0, 2, "red", "colour"), (0, 3, "circle", "shape"),
+                                                                   (1, 7, "blue", "colour"), (1, 8, "square", "shape")]
+
+
+def test_clip_loss_is_the_symmetric_cross_entropy():
+    """CLIP's loss (Radford et al. 2021, Figure 3): for logits that single out the diagonal by a
+    margin m, each row's and column's cross entropy is log(1 + (N - 1) e^-m)."""
+    from toyworld.clip_pretrain import clip_loss, retrieval_accuracy
+
+    n, m = 5, 2.0
+    logits = torch.full((n, n), 0.0) + m * torch.eye(n)
+    assert clip_loss(logits).item() == pytest.approx(np.log(1 + (n - 1) * np.exp(-m)), rel=1e-6)
+    skew = torch.randn(n, n, generator=torch.Generator().manual_seed(0))
+    expected = (torch.nn.functional.cross_entropy(skew, torch.arange(n))
+                + torch.nn.functional.cross_entropy(skew.T, torch.arange(n))) / 2
+    assert clip_loss(skew).item() == pytest.approx(expected.item())
+    assert retrieval_accuracy(logits) == 1.0
+    with pytest.raises(ValueError, match="square"):
+        clip_loss(torch.zeros(2, 3))
