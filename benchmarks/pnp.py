@@ -190,11 +190,10 @@ def toy_tables(args: argparse.Namespace) -> None:
                         attention_injection=a, progress=False)
                     methods[name, p].append(z)
                 for name, (f, a, guidance) in variants.items():
-                    editor = (None if name.startswith("PnP") else
-                              EveryDecoderResBlock(injection_sites(sd.unet.sites), steps, f, a))
+                    fractions = dict(feature_injection=f, attention_injection=a) if name.startswith("PnP") else dict(
+                        editor=EveryDecoderResBlock(injection_sites(sd.unet.sites), steps, f, a))
                     methods[name, p].append(plug_and_play(sd, inv, prompts[p][-1], negative_prompt="",
-                                                          guidance_scale=guidance, feature_injection=f,
-                                                          attention_injection=a, editor=editor, progress=False))
+                                                          guidance_scale=guidance, progress=False, **fractions))
                 for s in args.strengths:
                     methods[f"SDEdit {s:g}", p].append(sdedit(sd, inv.z0, prompts[p][-1], strength=s, steps=steps,
                                                               guidance_scale=g, negative_prompt="", seed=0,

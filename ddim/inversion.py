@@ -25,7 +25,7 @@ from ddpm.checks import check_choice, check_timesteps
 from ddpm.forward import gather
 from ddpm.parameterization import PREDICTION_TYPES, predict_x0_and_eps
 from ddpm.reverse import Model, StepOutput
-from ddpm.schedule import NoiseSchedule, make_timesteps, previous_timesteps
+from ddpm.schedule import NoiseSchedule, make_timesteps, timestep_pairs
 
 from .sampler import resolve_final_alpha_bar
 
@@ -80,7 +80,7 @@ def ddim_invert(
     if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
         raise ValueError(f"x0 must be a floating-point tensor, got {type(x0).__name__}")
     timesteps = make_timesteps(num_inference_steps, schedule.num_train_timesteps, spacing, steps_offset)
-    ascending = list(zip(timesteps.tolist(), previous_timesteps(timesteps).tolist()))[::-1]
+    ascending = timestep_pairs(timesteps)[::-1]  # (t, t_prev) of each sampling step, the last first
     latents = [x0]
     x = x0
     for t, t_prev in tqdm(ascending, desc="DDIM inversion", disable=not progress):

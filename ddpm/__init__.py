@@ -24,6 +24,7 @@ from .schedule import (
     make_timesteps,
     previous_timesteps,
     scaled_linear_betas,
+    timestep_pairs,
 )
 from .training import diffusion_loss, train
 
@@ -52,6 +53,7 @@ __all__ = [
     "q_step",
     "sampling_loop",
     "scaled_linear_betas",
+    "timestep_pairs",
     "train",
     "training_target",
     "v_target",

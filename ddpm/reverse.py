@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .checks import check_choice, check_like, check_timesteps
 from .forward import gather, posterior_coefficients
 from .parameterization import PREDICTION_TYPES, predict_x0_and_eps
-from .schedule import NoiseSchedule, make_timesteps, previous_timesteps
+from .schedule import NoiseSchedule, make_timesteps, timestep_pairs
 
 VARIANCES = ("fixed_small", "fixed_large")
 
@@ -130,8 +130,7 @@ def sampling_loop(
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """Walk down ``timesteps``: at each (t, t_prev), ``x = step(model(x, t), x, t, t_prev).sample``."""
     trajectory = [x]
-    pairs = list(zip(timesteps.tolist(), previous_timesteps(timesteps).tolist()))
-    for t, t_prev in tqdm(pairs, desc=desc, disable=not progress):
+    for t, t_prev in tqdm(timestep_pairs(timesteps), desc=desc, disable=not progress):
         out = model(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
         x = step(out, x, t, t_prev).sample
         trajectory.append(x)

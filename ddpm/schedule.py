@@ -161,3 +161,10 @@ def previous_timesteps(timesteps: torch.Tensor) -> torch.Tensor:
     -1 means "the clean end": see :meth:`NoiseSchedule.alpha_bar_at`.
     """
     return torch.cat([timesteps[1:], timesteps.new_tensor([-1])])
+
+
+def timestep_pairs(timesteps: torch.Tensor) -> list[tuple[int, int]]:
+    """The jump (t, t_prev) of each step down a descending sequence of timesteps, t_prev = -1 after
+    the last. Every sampling loop walks these; an inversion walks them in reverse."""
+    return list(zip(timesteps.tolist(), previous_timesteps(timesteps).tolist()))
+

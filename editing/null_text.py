@@ -47,12 +47,10 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from ddim.sampler import ddim_step
 from ddpm.guidance import classifier_free_guidance
-from ddpm.schedule import previous_timesteps
-from ldm.pipeline import StableDiffusion, check_guidance_scale, native_convs, tiny_convs
+from ldm.pipeline import StableDiffusion, check_guidance_scale
+from unet.editor import Editor
 
 # Algorithm 1's settings, as the official implementation runs them at 50 steps.
 INNER_STEPS = 10
@@ -143,13 +141,7 @@ def pivots(sd: StableDiffusion, image_or_latents: Any, prompt: str, steps: int,
     return sd.invert(z0, cond, steps=steps, guidance_scale=1.0, progress=progress), cond
 
 
-# ------------------------------------------------------------------------------ the step
-def guided_ddim_step(sd: StableDiffusion, eps: torch.Tensor, z: torch.Tensor, t: int, t_prev: int) -> torch.Tensor:
-    """z_t -> z_{t_prev} with eta = 0 (Song et al. Eq. 12), the step ``sd.denoise`` takes with
-    sampler "ddim": same schedule, same final alpha_bar. Differentiable in ``eps``."""
-    return ddim_step(sd.schedule, eps, z, t, t_prev, final_alpha_bar=sd.final_alpha_bar).sample  # (1, 4, h, w)
-
-
+# ----------------------------------------------------------------------- the optimisation
 @dataclass
 class NullTextResult:
     """What :func:`optimise_null_text` returns."""
@@ -157,6 +149,55 @@ class NullTextResult:
     uncond_per_step: list[torch.Tensor]  # (1, 77, D) each, u_t for sampling step i = 0..steps-1
     losses: list[list[float]]  # the inner loop's losses, before each Adam update, per step
     trajectory: list[torch.Tensor]  # [z_T, ..., z_0] the guided sampler took: what reconstruct() retraces
+
+
+class NullTextOptimiser(Editor):
+    """The inner loop of Algorithm 1 as an editor of the sampling loop: at each step it optimises
+    the step's unconditional context u_t from the latent z_t the loop has reached (the loop's
+    :meth:`unet.Editor.unconditional` hook), and it records what the loop then does.
+
+    ``latents`` are the pivots [z*_0, ..., z*_T]; step i lands on ``latents[-2 - i]``.
+    """
+
+    def __init__(self, sd: StableDiffusion, latents: Sequence[torch.Tensor], cond: torch.Tensor, guidance_scale: float,
+                 inner_steps: int, learning_rate: float, early_stop: float, start: torch.Tensor) -> None:
+        self.sd, self.latents, self.cond, self.s = sd, latents, cond, guidance_scale
+        self.inner_steps, self.learning_rate, self.early_stop = inner_steps, learning_rate, early_stop
+        self.steps = len(latents) - 1
+        self.timesteps = [-1] + sd.timesteps(self.steps).tolist()[::-1]  # ascending, as the pivots: -1 is z*_0
+        self.previous = start  # (1, 77, D): u_{t+1}, the empty prompt's context before step 0
+        self.result = NullTextResult([], [], [latents[-1]])
+
+    def unconditional(self, i: int, t: int, z: torch.Tensor, uncond: torch.Tensor | None) -> torch.Tensor:
+        target = self.latents[-2 - i].clone()  # (1, 4, h, w): z*_{t'}, where this step should land
+        t_prev = self.timesteps[-2 - i]
+        u = self.previous.detach().clone()  # (1, 77, D): starts from the previous step's optimum
+        losses: list[float] = []
+        if self.s != 1:
+            sd = self.sd
+            u.requires_grad_(True)
+            optimizer = torch.optim.Adam([u], lr=self.learning_rate * (1 - LEARNING_RATE_DECAY * i / self.steps))
+            eps_cond = sd.unet(z, t, self.cond)  # (1, 4, h, w), no gradient (the loop runs under no_grad)
+            with torch.enable_grad():
+                for _ in range(self.inner_steps):
+                    eps_uncond = sd.unet(z, t, u)  # (1, 4, h, w), depends on u
+                    eps = classifier_free_guidance(eps_uncond, eps_cond, self.s)  # (1, 4, h, w), Eq. 6
+                    loss = F.mse_loss(sd.step(eps, z, t, t_prev), target)  # scalar; Song et al. Eq. 12, eta 0
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward(inputs=[u])  # the gradient goes to u alone
+                    optimizer.step()
+                    losses.append(loss.item())
+                    if losses[-1] < self.early_stop + EARLY_STOP_GROWTH * i / self.steps:
+                        break
+            u = u.detach()  # (1, 77, D)
+        self.result.uncond_per_step.append(u)
+        self.result.losses.append(losses)
+        self.previous = u
+        return u  # the loop now takes the guided step with [u_t, C]
+
+    def end_step(self, latents: torch.Tensor, i: int, t: int | torch.Tensor) -> torch.Tensor:
+        self.result.trajectory.append(latents)
+        return latents
 
 
 def optimise_null_text(sd: StableDiffusion, latents: Sequence[torch.Tensor], cond: torch.Tensor, *,
@@ -175,60 +216,31 @@ def optimise_null_text(sd: StableDiffusion, latents: Sequence[torch.Tensor], con
             stop early once loss < early_stop + growth i / N
         z_{t'} = DDIM step(z_t, eps_tilde(z_t, t, C, u_t))       the step denoise() takes, batch [u_t, C]
 
+    The outer loop is the library's sampling loop (``sd.denoise``) with a
+    :class:`NullTextOptimiser` as its editor, so the advancing step is the very step that
+    ``Inversion.reconstruct`` takes: ``trajectory[-1]`` is bit for bit its z_0 (tested).
+
     The official code's learning rate 0.01 (1 - i / 100) and bound 1e-5 + 2e-5 i are written for
     its 50 steps; here they are the same at 50 steps and scale with the fraction of the run i / N,
     lr (1 - 0.5 i / N) and early_stop + 1e-3 i / N, so that N > 100 steps cannot make the rate
     negative. With s = 1, eps_tilde = eps_c whatever u_t is: nothing to optimise, u_t stays "".
 
     Only u_t requires a gradient: the U-Net's parameters get no ``.grad`` (``backward(inputs=[u])``),
-    and nothing about them is switched. The forward passes run in the convolution mode
-    (``native_convs(tiny_convs(...))``) that ``denoise`` picks, so the advancing step rounds as
-    ``denoise`` will: ``trajectory[-1]`` is bit for bit ``Inversion.reconstruct``'s z_0 (tested).
+    and nothing about them is switched.
     """
     s = _check_guidance(guidance_scale)
     _check_optimiser(inner_steps, learning_rate, early_stop)
     steps = len(latents) - 1
-    timesteps = sd.timesteps(steps)
-    pairs = list(zip(timesteps.tolist(), previous_timesteps(timesteps).tolist()))
-    h, w = latents[-1].shape[-2:]
     # Out of inference mode, should the caller be in it: its tensors cannot be saved for a backward
     # pass, so z, C and the targets are cloned into ordinary ones (the same bits).
-    with torch.inference_mode(False), native_convs(tiny_convs(sd.unet, 1 if s == 1 else 2, h, w)):
-        uncond = sd.encode_prompts([""])  # (1, 77, D): the null text's starting point
-        cond, z = cond.clone(), latents[-1].clone()  # (1, 77, D), (1, 4, h, w) = z*_T
-        result = NullTextResult([], [], [z])
-        bar = tqdm(range(steps), desc="null-text optimisation", disable=not progress)
-        for i in bar:
-            t, t_prev = pairs[i]
-            target = latents[-2 - i].clone()  # (1, 4, h, w): z*_{t'}, where this step should land
-            u = uncond.detach().clone()  # (1, 77, D): starts from the previous step's optimum
-            losses: list[float] = []
-            if s != 1:
-                u.requires_grad_(True)
-                optimizer = torch.optim.Adam([u], lr=learning_rate * (1 - LEARNING_RATE_DECAY * i / steps))
-                with torch.no_grad():
-                    eps_cond = sd.unet(z, t, cond)  # (1, 4, h, w)
-                with torch.enable_grad():
-                    for _ in range(inner_steps):
-                        eps_uncond = sd.unet(z, t, u)  # (1, 4, h, w), depends on u
-                        eps = classifier_free_guidance(eps_uncond, eps_cond, s)  # (1, 4, h, w)
-                        loss = F.mse_loss(guided_ddim_step(sd, eps, z, t, t_prev), target)  # scalar
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward(inputs=[u])  # the gradient goes to u alone
-                        optimizer.step()
-                        losses.append(loss.item())
-                        if losses[-1] < early_stop + EARLY_STOP_GROWTH * i / steps:
-                            break
-                u = u.detach()  # (1, 77, D)
-                bar.set_postfix(loss=f"{losses[-1]:.2e}", iterations=len(losses))
-            result.uncond_per_step.append(u)
-            result.losses.append(losses)
-            uncond = u
-            with torch.no_grad():  # the step denoise() takes: one call on [u_t, C], then Eq. 6 and Eq. 12
-                eps = sd.predict_noise(z, t, cond, u, s)  # (1, 4, h, w)
-                z = guided_ddim_step(sd, eps, z, t, t_prev)  # (1, 4, h, w)
-            result.trajectory.append(z)
-    return result
+    with torch.inference_mode(False):
+        start = sd.encode_prompts([""])  # (1, 77, D): the null text's starting point
+        cond, z_T = cond.clone(), latents[-1].clone()  # (1, 77, D), (1, 4, h, w) = z*_T
+        optimiser = NullTextOptimiser(sd, [z.clone() for z in latents], cond, s, inner_steps, learning_rate,
+                                      early_stop, start)
+        sd.denoise(z_T, cond, start if s != 1 else None, steps=steps, guidance_scale=s, editor=optimiser,
+                   progress=progress, desc="null-text optimisation")
+    return optimiser.result
 
 
 # --------------------------------------------------------------------------- the three

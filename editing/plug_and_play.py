@@ -34,15 +34,11 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from tqdm import tqdm
 
-from ddim.sampler import ddim_step
 from ddpm.forward import q_sample
-from ddpm.guidance import classifier_free_guidance
 from ddpm.reverse import seeded_generator
-from ddpm.schedule import previous_timesteps
 from ldm.images import ImageLike
-from ldm.pipeline import check_guidance_scale, native_convs, tiny_convs
+from ldm.pipeline import check_guidance_scale
 from unet.editor import Editor, Site
 
 from .attention_store import check_size, site_size
@@ -93,7 +89,9 @@ class PlugAndPlay(Editor):
     items of the batch [source, uncond, cond] (or [source, cond] at guidance 1), while switched on.
 
     ``steps`` and the fractions give the windows: features during steps [0, int(feature_injection
-    x steps)), q and k during [0, int(attention_injection x steps)).
+    x steps)), q and k during [0, int(attention_injection x steps)). The source branch, z_t^G with
+    its context, is the extra item the editor hands the sampling loop on the steps that inject
+    (:meth:`extra_items`); :func:`plug_and_play` attaches it (:meth:`attach_source`).
     """
 
     def __init__(self, sites: InjectionSites, steps: int, feature_injection: float = 0.8,
@@ -104,14 +102,31 @@ class PlugAndPlay(Editor):
         self.attention_steps = int(check_fraction("attention_injection", attention_injection) * steps)
         self.attention_names = {s.name for s in sites.attention}
         self.step = 0
+        self.source: tuple[GuidanceInversion, torch.Tensor] | None = None
+
+    def attach_source(self, inversion: "GuidanceInversion", context: torch.Tensor) -> None:
+        """The source branch: the guidance image's z_t^G at each sampling timestep and the context
+        (1, 77, D) it runs with (the empty prompt's)."""
+        if inversion.steps != self.steps:
+            raise ValueError(f"the inversion is for {inversion.steps} steps, this editor for {self.steps}")
+        self.source = (inversion, context)
 
     def begin_step(self, i: int, t: int | torch.Tensor) -> None:
         self.step = i
 
-    def injecting(self, i: int | None = None) -> bool:
+    def injecting(self, i: int) -> bool:
         """Whether step i injects anything (then the source branch must run)."""
-        i = self.step if i is None else i
         return i < self.feature_steps or i < self.attention_steps
+
+    def extra_items(self, i: int, t: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The source branch (z_t^G, its context) on the steps that inject; none on the others,
+        where the loop runs the target alone, exactly as plain sampling."""
+        if not self.injecting(i):
+            return None
+        if self.source is None:
+            raise ValueError("this PlugAndPlay editor has no source branch: attach_source(inversion, context) first")
+        inversion, context = self.source
+        return inversion.latents[t], context  # (1, 4, h, w), (1, 77, D)
 
     def resnet_residual(self, h: torch.Tensor, site: Site) -> torch.Tensor:
         if site.name != self.sites.feature.name or self.step >= self.feature_steps:
@@ -173,47 +188,42 @@ def invert_guidance_image(sd, image: ImageLike | torch.Tensor, *, steps: int = 5
 
 @torch.no_grad()
 def plug_and_play(sd, inversion: GuidanceInversion, prompt: str, *, negative_prompt: str = DEFAULT_NEGATIVE,
-                  guidance_scale: float = 7.5, feature_injection: float = 0.8, attention_injection: float = 0.5,
-                  level_size: float = 0.25, editor: PlugAndPlay | None = None, progress: bool = True) -> torch.Tensor:
-    """Step 2: the translated latent z*_0 (1, 4, h, w), from z*_T = z_T^G. Steps without injection
-    skip the source branch: with both fractions 0 this is exactly ``sd.denoise`` from z_T^G.
-    ``editor``, a :class:`PlugAndPlay` (or a subclass) built for ``inversion.steps`` steps, replaces
-    the one the fractions and ``level_size`` would build."""
+                  guidance_scale: float = 7.5, feature_injection: float | None = None,
+                  attention_injection: float | None = None, level_size: float | None = None,
+                  editor: PlugAndPlay | None = None, progress: bool = True) -> torch.Tensor:
+    """Step 2: the translated latent z*_0 (1, 4, h, w), from z*_T = z_T^G, through the sampling
+    loop with a :class:`PlugAndPlay` editor (``sd.denoise``). Steps without injection skip the
+    source branch: with both fractions 0 this is exactly ``sd.denoise`` from z_T^G.
+
+    The editor is built from ``feature_injection`` (default 0.8), ``attention_injection`` (0.5)
+    and ``level_size`` (0.25), or given whole as ``editor`` (a :class:`PlugAndPlay` or a subclass
+    built for ``inversion.steps`` steps), not both."""
     if not isinstance(inversion, GuidanceInversion):
         raise TypeError(f"inversion must be the GuidanceInversion of invert_guidance_image, "
                         f"got {type(inversion).__name__}")
     if editor is not None and not isinstance(editor, PlugAndPlay):
         raise TypeError(f"editor must be a PlugAndPlay (it decides which steps run the source branch), "
                         f"got {type(editor).__name__}")
+    given = [name for name, value in (("feature_injection", feature_injection),
+                                      ("attention_injection", attention_injection), ("level_size", level_size))
+             if value is not None]
+    if editor is not None and given:
+        raise ValueError(f"give an editor or {', '.join(given)}, not both: the editor has its own")
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"prompt must be a non-empty str describing the translation, got {prompt!r}")
     if not isinstance(negative_prompt, str):
         raise ValueError(f"negative_prompt must be a str, got {negative_prompt!r}")
     s = check_guidance_scale(guidance_scale)
-    steps = inversion.steps
-    pnp = editor if editor is not None else PlugAndPlay(injection_sites(sd.unet.sites, level_size), steps,
-                                                         feature_injection, attention_injection)
+    if editor is None:
+        editor = PlugAndPlay(injection_sites(sd.unet.sites, 0.25 if level_size is None else level_size), inversion.steps,
+                             0.8 if feature_injection is None else feature_injection,
+                             0.5 if attention_injection is None else attention_injection)
     empty, cond = sd.encode_prompts([""]), sd.encode_prompts([prompt])  # (1, 77, D) each
     uncond = sd.encode_prompts([negative_prompt]) if s != 1 else None
-    timesteps = sd.timesteps(steps)
-    pairs = list(zip(timesteps.tolist(), previous_timesteps(timesteps).tolist()))
-    x = inversion.latents[pairs[0][0]].clone()  # z*_T = z_T^G
-    for i in tqdm(range(steps), desc="Plug-and-Play", disable=not progress):
-        t, t_prev = pairs[i]
-        pnp.begin_step(i, t)
-        if pnp.injecting(i):  # [source, (uncond,) cond] in one call
-            items = [inversion.latents[t], x] + ([x] if s != 1 else [])
-            context = torch.cat([empty] + ([uncond] if s != 1 else []) + [cond])  # (U, 77, D)
-            latents = torch.cat(items)  # (U, 4, h, w)
-            with native_convs(tiny_convs(sd.unet, len(items), *x.shape[-2:])):
-                eps = sd.unet(latents, t, context, pnp)[1:]  # (U - 1, 4, h, w): the source's output unused
-            eps = classifier_free_guidance(eps[0:1], eps[1:2], s) if s != 1 else eps  # (1, 4, h, w), Ho & Salimans Eq. 6
-        else:
-            with native_convs(tiny_convs(sd.unet, 2 if s != 1 else 1, *x.shape[-2:])):
-                eps = sd.predict_noise(x, t, cond, uncond, s)  # (1, 4, h, w)
-        x = ddim_step(sd.schedule, eps, x, t, t_prev, final_alpha_bar=sd.final_alpha_bar).sample
-        x = pnp.end_step(x, i, t)
-    return x
+    editor.attach_source(inversion, empty)
+    z_T = inversion.latents[int(sd.timesteps(inversion.steps)[0])].clone()  # z*_T = z_T^G
+    return sd.denoise(z_T, cond, uncond, steps=inversion.steps, guidance_scale=s, editor=editor, progress=progress,
+                      desc="Plug-and-Play")
 
 
 @torch.no_grad()

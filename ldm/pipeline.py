@@ -40,12 +40,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ddim.inversion import ddim_invert_step
+from ddim.inversion import ddim_invert
 from ddim.sampler import ddim_step, resolve_final_alpha_bar
 from ddpm.checks import check_choice
 from ddpm.guidance import classifier_free_guidance
 from ddpm.reverse import ddpm_step, initial_noise, seeded_generator
-from ddpm.schedule import NoiseSchedule, make_timesteps, previous_timesteps
+from ddpm.schedule import NoiseSchedule, make_timesteps, timestep_pairs
 from unet.editor import Editor
 from unet.model import UNet
 
@@ -207,39 +207,83 @@ class StableDiffusion:
             raise ValueError(f"latents of size {tuple(latents.shape[-2:])} do not divide by the U-Net's factor {f}")
 
     def predict_noise(self, latents: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor | None,
-                      guidance_scale: float, editor: Editor | None = None) -> torch.Tensor:
+                      guidance_scale: float, editor: Editor | None = None,
+                      extra: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The guided eps (B, 4, h, w) at timestep t: one U-Net call on [uncond..., cond...] (2B items),
         then Eq. 6; with ``guidance_scale == 1`` one call on the B conditional items, ``uncond`` unused.
-        ``uncond`` may have batch 1 (one null-text embedding for every prompt)."""
+        ``uncond`` may have batch 1 (one null-text embedding for every prompt).
+
+        ``extra`` = (latents (E, 4, h, w), contexts (E, 77, D)) puts E more items *before* those in
+        the same call; the editor sees them as items 0..E-1 and their predictions are dropped
+        (Plug-and-Play's source branch, :meth:`unet.Editor.extra_items`).
+
+        The CPU convolution switch (:func:`native_convs`) is decided here, once per U-Net call, from
+        the call's batch: every sampling loop of the library reaches the U-Net through this method.
+        """
         s = check_guidance_scale(guidance_scale)
-        if s == 1:
-            return check_finite(self.unet(latents, t, cond, editor), f"the noise prediction at t={t}",
-                                "the weights or the context hold NaN/inf"
-                                + (", or the editor's change (a re-weighting?) is too large" if editor else ""))
-        if uncond is None:
-            raise ValueError(f"guidance_scale={s} needs the unconditional context uncond; got None")
         B = latents.shape[0]
-        context = torch.cat([uncond.expand(B, -1, -1), cond])  # (2B, 77, D): unconditional half first
-        eps = self.unet(torch.cat([latents, latents]), t, context, editor)  # (2B, 4, h, w)
+        if s == 1:
+            x, context = latents, cond  # (B, 4, h, w), (B, 77, D)
+        else:
+            if uncond is None:
+                raise ValueError(f"guidance_scale={s} needs the unconditional context uncond; got None")
+            x = torch.cat([latents, latents])  # (2B, 4, h, w)
+            context = torch.cat([uncond.expand(B, -1, -1), cond])  # (2B, 77, D): unconditional half first
+        E = 0
+        if extra is not None:
+            extra_latents, extra_context = extra
+            if extra_latents.shape[1:] != latents.shape[1:] or extra_context.shape[1:] != cond.shape[1:] or \
+                    extra_latents.shape[0] != extra_context.shape[0]:
+                raise ValueError(f"extra items {tuple(extra_latents.shape)}, {tuple(extra_context.shape)} do not fit "
+                                 f"latents {tuple(latents.shape)} and contexts {tuple(cond.shape)}")
+            E = extra_latents.shape[0]
+            x, context = torch.cat([extra_latents, x]), torch.cat([extra_context, context])  # (E + U, ...)
+        with native_convs(tiny_convs(self.unet, x.shape[0], *x.shape[-2:])):
+            eps = self.unet(x, t, context, editor)[E:]  # (B or 2B, 4, h, w): the extra items' output dropped
+        edited = ", or the editor's change (a re-weighting?) is too large" if editor else ""
+        if s == 1:
+            return check_finite(eps, f"the noise prediction at t={t}", "the weights or the context hold NaN/inf" + edited)
         eps_uncond, eps_cond = eps.chunk(2)  # (B, 4, h, w) each
         return check_finite(classifier_free_guidance(eps_uncond, eps_cond, s), f"the guided noise prediction at t={t}",
-                            f"the guidance scale {s} is too large, the weights hold NaN/inf"
-                            + (", or the editor's change (a re-weighting?) is too large" if editor else ""))
+                            f"the guidance scale {s} is too large, the weights hold NaN/inf" + edited)
+
+    def step(self, eps: torch.Tensor, latents: torch.Tensor, t: int, t_prev: int, sampler: str = "ddim",
+             eta: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One sampler update z_t -> z_{t_prev} from the noise prediction ``eps``: DDIM (Song et al.
+        Eq. 12; eta = 0 is deterministic) or the DDPM ancestral step (Ho et al. Eq. 11, the respaced
+        posterior of the jump t -> t_prev, sigma^2 = beta_tilde). Differentiable in ``eps``
+        (null-text inversion's loss goes through it)."""
+        if sampler == "ddim":
+            return ddim_step(self.schedule, eps, latents, t, t_prev, eta=eta, final_alpha_bar=self.final_alpha_bar,
+                             generator=generator).sample
+        return ddpm_step(self.schedule, eps, latents, t, t_prev, generator=generator).sample
 
     # ------------------------------------------------------------------ loops
     @torch.no_grad()
     def denoise(self, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None = None, *,
                 steps: int = 50, guidance_scale: float = 7.5, sampler: str = "ddim", eta: float = 0.0,
                 generator: torch.Generator | None = None, editor: Editor | None = None, progress: bool = True,
-                start_step: int = 0, uncond_per_step: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        """Run the sampler from ``latents`` (at ``timesteps(steps)[start_step]``) to z_0 (B, 4, h, w).
+                start_step: int = 0, uncond_per_step: Sequence[torch.Tensor] | None = None,
+                desc: str | None = None) -> torch.Tensor:
+        """The sampling loop: from ``latents`` (at ``timesteps(steps)[start_step]``) to z_0 (B, 4, h, w).
+
+        Every method of the library samples through this loop: text-to-image, image-to-image and
+        SDEdit, Prompt-to-Prompt, null-text inversion (its optimisation and its reconstruction) and
+        Plug-and-Play. What differs between them is the editor (:class:`unet.Editor`), called at
+        fixed points of each step i at timestep t:
+
+            editor.begin_step(i, t)
+            u   = editor.unconditional(i, t, z_t, u)     the unconditional context of this step
+            extra = editor.extra_items(i, t)             more U-Net items before the guidance pair
+            eps = guided noise prediction (one U-Net call; the editor's hooks run inside it)
+            z_t' = sampler step
+            z_t' = editor.end_step(z_t', i, t)           e.g. local blending
 
         ``start_step > 0`` skips the first steps (image-to-image, SDEdit: start from a noised image).
         ``uncond_per_step``, one context per step (indexed by the step number i, so ``steps`` of
         them; batch B or 1), replaces ``uncond`` step by step: null-text inversion's optimised
-        embeddings. The editor's ``begin_step(i, t)`` runs before step i and
-        ``latents = editor.end_step(latents, i, t)`` after it. Step noise (DDPM, DDIM with eta > 0)
-        comes from ``generator``.
+        embeddings. Step noise (DDPM, DDIM with eta > 0) comes from ``generator``. ``desc`` names
+        the progress bar (default: the sampler).
         """
         timesteps = self.timesteps(steps)
         check_sampler(sampler, eta)
@@ -264,34 +308,32 @@ class StableDiffusion:
             raise TypeError(f"editor must be an unet.Editor or None, got {type(editor).__name__}")
 
         latents = latents.to(self.device)
-        pairs = list(zip(timesteps.tolist(), previous_timesteps(timesteps).tolist()))
-        unet_batch = B if s == 1 else 2 * B  # guidance doubles the batch
-        with native_convs(tiny_convs(self.unet, unet_batch, *latents.shape[-2:])):
-            for i in tqdm(range(start_step, steps), desc=sampler.upper(), disable=not progress):
-                t, t_prev = pairs[i]
-                if editor is not None:
-                    editor.begin_step(i, t)
-                u = uncond_per_step[i] if uncond_per_step is not None else uncond
-                eps = self.predict_noise(latents, t, cond, u, s, editor)  # (B, 4, h, w)
-                if sampler == "ddim":
-                    latents = ddim_step(self.schedule, eps, latents, t, t_prev, eta=eta,
-                                        final_alpha_bar=self.final_alpha_bar, generator=generator).sample
-                else:  # the respaced posterior of the jump t -> t_prev, sigma^2 = beta_tilde (fixed_small)
-                    latents = ddpm_step(self.schedule, eps, latents, t, t_prev, generator=generator).sample
-                check_finite(latents, f"the latents after step {i} (t={t})",
-                             f"eta={eta} or the guidance scale {s} is too large, or an editor's change diverged")
-                if editor is not None:
-                    new = editor.end_step(latents, i, t)
-                    if not isinstance(new, torch.Tensor) or new.shape != latents.shape:
-                        got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
-                        raise ValueError(f"editor.end_step returned {got} at step {i}, expected {tuple(latents.shape)}")
-                    latents = new
+        pairs = timestep_pairs(timesteps)  # (t, t_prev) of each step
+        for i in tqdm(range(start_step, steps), desc=desc or sampler.upper(), disable=not progress):
+            t, t_prev = pairs[i]
+            u = uncond_per_step[i] if uncond_per_step is not None else uncond
+            extra = None
+            if editor is not None:
+                editor.begin_step(i, t)
+                u = editor.unconditional(i, t, latents, u)  # null-text inversion optimises u_t here
+                extra = editor.extra_items(i, t)  # Plug-and-Play's source branch
+            eps = self.predict_noise(latents, t, cond, u, s, editor, extra)  # (B, 4, h, w)
+            latents = self.step(eps, latents, t, t_prev, sampler, eta, generator)
+            check_finite(latents, f"the latents after step {i} (t={t})",
+                         f"eta={eta} or the guidance scale {s} is too large, or an editor's change diverged")
+            if editor is not None:
+                new = editor.end_step(latents, i, t)
+                if not isinstance(new, torch.Tensor) or new.shape != latents.shape:
+                    got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+                    raise ValueError(f"editor.end_step returned {got} at step {i}, expected {tuple(latents.shape)}")
+                latents = new
         return latents
 
     @torch.no_grad()
     def invert(self, latents: torch.Tensor, cond: torch.Tensor, *, steps: int = 50, guidance_scale: float = 1.0,
                uncond: torch.Tensor | None = None, progress: bool = True) -> list[torch.Tensor]:
-        """DDIM inversion (ddim/inversion.py) of image latents z_0 under the prompt context ``cond``.
+        """DDIM inversion of image latents z_0 under the prompt context ``cond``: the loop of
+        :func:`ddim.inversion.ddim_invert` with this model's guided noise prediction.
 
         Returns [z_0, z_{tau_1}, ..., z_{tau_N}]: ``result[-1]`` is the z_T to hand to :meth:`denoise`
         with the same ``steps``, and ``result[-1 - i]`` is where step i of that sampling should land.
@@ -304,21 +346,18 @@ class StableDiffusion:
         if s < 1:
             raise ValueError(f"guidance_scale={s} < 1 is not allowed for inversion: it extrapolates toward the "
                              f"unconditional model; invert with 1 (the default) or more")
-        timesteps = self.timesteps(steps)
+        self.timesteps(steps)  # checks steps
         self._check_latents(latents)
         self._check_context(cond, latents.shape[0], "cond")
         if s != 1:
             if uncond is None:
                 raise ValueError(f"guidance_scale={s} needs the unconditional context uncond; got None")
             self._check_context(uncond, latents.shape[0], "uncond", allow_one=True)
-        ascending = list(zip(timesteps.tolist(), previous_timesteps(timesteps).tolist()))[::-1]
-        x = latents.to(self.device)
-        trajectory = [x]
-        for t, t_prev in tqdm(ascending, desc="DDIM inversion", disable=not progress):
-            eps = self.predict_noise(x, t, cond, uncond, s)  # eps(z_{t_prev}, t), (B, 4, h, w)
-            x = ddim_invert_step(self.schedule, eps, x, t_prev, t, final_alpha_bar=self.final_alpha_bar).sample
-            trajectory.append(x)
-        return trajectory
+        def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # t: (B,) of one timestep, as ddim_invert hands it
+            return self.predict_noise(x, int(t[0]), cond, uncond, s)  # eps(z_{t_prev}, t), (B, 4, h, w)
+
+        return ddim_invert(model, latents.to(self.device), self.schedule, steps, spacing=self.spacing,
+                           steps_offset=self.steps_offset, final_alpha_bar=self.final_alpha_bar, progress=progress)
 
     # ------------------------------------------------------------------ text to image
     def _latent_shape(self, batch: int, height: int | None, width: int | None,

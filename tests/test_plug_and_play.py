@@ -158,11 +158,13 @@ def expected(feature: str, attention: list[str], steps: int, f: float, a: float)
 def test_a_translation_injects_at_exactly_those_sites_and_steps(sd, inversion, guidance):
     """Defaults 0.8 and 0.5 of 10 steps: features in steps 0-7, q and k in steps 0-4, every target item
     gets the source's tensor (checked by the log), and the source branch (a batch of 3: source,
-    uncond, cond; 2 at s = 1) runs only in steps that inject; steps 8-9 never reach the editor."""
+    uncond, cond; 2 at s = 1) runs only in steps that inject; steps 8-9 run the target alone
+    (uncond, cond; cond at s = 1), as plain sampling does."""
     log = InjectionLog(injection_sites(sd.unet.sites), STEPS)
     plug_and_play(sd, inversion, TARGET, negative_prompt=NEGATIVE, guidance_scale=guidance, editor=log, progress=False)
     assert log.injected == expected(TOY_FEATURE, TOY_ATTENTION, STEPS, 0.8, 0.5)
-    assert log.batches == {i: 3 if guidance != 1 else 2 for i in range(8)}
+    pair = 2 if guidance != 1 else 1
+    assert log.batches == {i: pair + 1 if i < 8 else pair for i in range(STEPS)}
 
 
 class SourceFeatures(PlugAndPlay):
@@ -173,7 +175,7 @@ class SourceFeatures(PlugAndPlay):
         self.kept: dict[int, torch.Tensor] = {}
 
     def resnet_residual(self, h, site):
-        if site == self.sites.feature:
+        if site == self.sites.feature and self.injecting(self.step):  # the source branch runs
             self.kept[self.step] = h[0].clone()  # (C, H, W)
         return super().resnet_residual(h, site)
 
@@ -228,7 +230,7 @@ def test_injection_by_hand():
     down_self = next(s for s in sites if s.kind == "self" and s.location == "down")
     for i in range(10):
         editor.begin_step(i, 1000 - 100 * i)
-        assert editor.injecting() == (i < 3)
+        assert editor.injecting(i) == (i < 3)
         out = editor.resnet_residual(h, chosen.feature)
         if i < 3:
             assert all(torch.equal(out[b], h[0]) for b in range(3)), f"step {i}"
@@ -360,6 +362,14 @@ def test_bad_translation_arguments_are_refused(sd, inversion, kwargs, error, mes
 def test_wrong_objects_are_refused(sd, inversion):
     with pytest.raises(TypeError, match=r"editor must be a PlugAndPlay .* got RecordingEditor"):
         plug_and_play(sd, inversion, TARGET, negative_prompt=NEGATIVE, editor=RecordingEditor(), progress=False)
+    editor = PlugAndPlay(injection_sites(sd.unet.sites), STEPS)
+    with pytest.raises(ValueError, match=r"give an editor or feature_injection, level_size, not both"):
+        plug_and_play(sd, inversion, TARGET, editor=editor, feature_injection=0.5, level_size=0.5, progress=False)
+    with pytest.raises(ValueError, match=r"the inversion is for 10 steps, this editor for 4"):
+        plug_and_play(sd, inversion, TARGET, negative_prompt=NEGATIVE,
+                      editor=PlugAndPlay(injection_sites(sd.unet.sites), 4), progress=False)
+    with pytest.raises(ValueError, match=r"no source branch: attach_source"):
+        editor.extra_items(0, 901)
     with pytest.raises(TypeError, match=r"inversion must be the GuidanceInversion of .* got Tensor"):
         plug_and_play(sd, inversion.z0, TARGET, negative_prompt=NEGATIVE, progress=False)
 

@@ -15,8 +15,16 @@ N = H W is the number of pixels at the site's resolution; M = N for self-attenti
 ``wants_probs(site)`` is True; everywhere else attention runs through the fused
 ``scaled_dot_product_attention``, so an editor that looks at a few sites costs little.
 
-``begin_step`` and ``end_step`` are called by the sampling loops (not by the U-Net) around each
-denoising step; ``end_step`` may change the latents (Prompt-to-Prompt's local blending).
+The sampling loop (``StableDiffusion.denoise``, the library's one loop) calls four more methods
+around each step i at timestep t, never the U-Net:
+
+    begin_step(i, t)                    before the step
+    unconditional(i, t, latents, u)     the unconditional context of the step (null-text inversion
+                                        optimises it here); the default keeps the loop's u
+    extra_items(i, t)                   (latents, contexts) of more U-Net items put before the
+                                        guidance pair, whose predictions the loop drops
+                                        (Plug-and-Play's source branch); default none
+    end_step(latents, i, t)             after the step; may change the latents (local blending)
 
 A :class:`Site` names where a tensor comes from. Every module receives its site when the U-Net
 is built, and the site's ``name`` is the module's name in ``UNet.named_modules()``, which is also
@@ -74,6 +82,16 @@ class Editor:
 
     def begin_step(self, i: int, t: int | torch.Tensor) -> None:
         """Called by a sampling loop before step ``i`` (timestep ``t``)."""
+
+    def unconditional(self, i: int, t: int, latents: torch.Tensor, uncond: torch.Tensor | None) -> torch.Tensor | None:
+        """The unconditional context (1 or B, 77, D) step ``i`` guides with, given the latents z_t
+        (B, 4, h, w) it starts from and the loop's ``uncond``; returned unchanged by default."""
+        return uncond
+
+    def extra_items(self, i: int, t: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Latents (E, 4, h, w) and contexts (E, 77, D) of E more items for step ``i``'s U-Net call,
+        put before the guidance pair (they are items 0..E-1 in every hook); None for none."""
+        return None
 
     def end_step(self, latents: torch.Tensor, i: int, t: int | torch.Tensor) -> torch.Tensor:
         """Called by a sampling loop after step ``i``; returns the (possibly changed) latents."""
