@@ -21,7 +21,7 @@ demo: setup
 	$(PY) -m toyworld.demo --out outputs/demo_toy.png
 
 demo-2d: setup
-	$(PY) -m ddpm.demo --out outputs/demo_2d.png
+	$(PY) -m toyworld.demo_2d --out outputs/demo_2d.png
 
 bench: setup
 	$(PY) benchmarks/run_all.py $(ARGS)

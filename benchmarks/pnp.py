@@ -165,7 +165,7 @@ def toy_tables(args: argparse.Namespace) -> None:
             if n == ns[0]:
                 vae_images.append(sd.decode(inv.z0))  # (1, 3, 64, 64)
                 psnr["VAE alone"].append(psnr_db(vae_images[-1], x).item())
-            z = sd.denoise(inv.latents[T], empty, None, steps=steps, guidance_scale=1.0, progress=False)
+            z = sd.denoise(inv.latents.at(T), empty, None, steps=steps, guidance_scale=1.0, progress=False)
             psnr[f"DDIM {n}"].append(psnr_db(sd.decode(z), x).item())
             if n == default_n:
                 ceilings["DDIM reconstruction"].append(z)

@@ -18,11 +18,15 @@ Prompt-to-Prompt's null-text inversion and by Plug-and-Play.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import overload
+
 import torch
 from tqdm import tqdm
 
 from ddpm.checks import check_choice, check_timesteps
-from ddpm.forward import gather
+from ddpm.forward import broadcast_to_batch
 from ddpm.parameterization import PREDICTION_TYPES, predict_x0_and_eps
 from ddpm.reverse import Model, StepOutput
 from ddpm.schedule import NoiseSchedule, make_timesteps, timestep_pairs
@@ -52,9 +56,63 @@ def ddim_invert_step(
     _, eps = predict_x0_and_eps(schedule, model_output, x_prev, t_tensor, prediction_type)
     alpha_bar_prev = schedule.alpha_bar_at(torch.tensor(int(t_prev)), resolve_final_alpha_bar(schedule, final_alpha_bar))
     alpha_bar = schedule.alpha_bar[t_tensor]
-    pred_x0 = (x_prev - gather((1 - alpha_bar_prev).sqrt(), x_prev) * eps) / gather(alpha_bar_prev.sqrt(), x_prev)
-    x_t = gather(alpha_bar.sqrt(), x_prev) * pred_x0 + gather((1 - alpha_bar).sqrt(), x_prev) * eps
+    pred_x0 = (x_prev - broadcast_to_batch((1 - alpha_bar_prev).sqrt(), x_prev) * eps) / broadcast_to_batch(alpha_bar_prev.sqrt(), x_prev)
+    x_t = broadcast_to_batch(alpha_bar.sqrt(), x_prev) * pred_x0 + broadcast_to_batch((1 - alpha_bar).sqrt(), x_prev) * eps
     return StepOutput(x_t, pred_x0)
+
+
+@dataclass(frozen=True)
+class Trajectory(Sequence):
+    """The latents of an inversion, from the clean end up: ``latents[k]`` sits at ``timesteps[k]``,
+    with ``timesteps[0] = -1`` for x_0 and then the visited timesteps in increasing order.
+
+    It reads as the list [x_0, x_{t_1}, ..., x_T] (``trajectory[-1]`` is the x_T that sampling
+    starts from, ``trajectory[-1 - i]`` where sampling step i starts), and by timestep:
+    ``trajectory.at(t)``. Every inversion of the library returns one: DDIM inversion, the pivots
+    of null-text inversion, Plug-and-Play's guidance image.
+    """
+
+    timesteps: tuple[int, ...]
+    latents: tuple[torch.Tensor, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.timesteps) != len(self.latents) or not self.timesteps or self.timesteps[0] != -1 or \
+                any(a >= b for a, b in zip(self.timesteps, self.timesteps[1:])):
+            raise ValueError(f"a trajectory needs one latent per timestep, timesteps increasing from -1 (x_0); got "
+                             f"{len(self.latents)} latents at {list(self.timesteps)[:6]}")
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    @overload
+    def __getitem__(self, index: int) -> torch.Tensor: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[torch.Tensor, ...]: ...
+
+    def __getitem__(self, index):
+        return self.latents[index]
+
+    @property
+    def z0(self) -> torch.Tensor:
+        """x_0, where the inversion started (an image's latent)."""
+        return self.latents[0]
+
+    def at(self, t: int) -> torch.Tensor:
+        """The latent at timestep ``t`` (-1: x_0)."""
+        try:
+            return self.latents[self.timesteps.index(int(t))]
+        except ValueError:
+            raise ValueError(f"the trajectory holds no latent at t = {t}; it visits {list(self.timesteps)[:8]}...") from None
+
+    def restricted(self, timesteps: Sequence[int]) -> "Trajectory":
+        """Only the latents at ``timesteps`` (and x_0): a fine inversion kept at a coarser sampler's timesteps."""
+        missing = sorted(set(int(t) for t in timesteps) - set(self.timesteps))
+        if missing:
+            raise ValueError(f"the trajectory holds no latent at the timesteps {missing[:5]}...")
+        wanted = set(int(t) for t in timesteps) | {-1}
+        kept = [(t, z) for t, z in zip(self.timesteps, self.latents) if t in wanted]
+        return Trajectory(tuple(t for t, _ in kept), tuple(z for _, z in kept))
 
 
 @torch.no_grad()
@@ -69,12 +127,12 @@ def ddim_invert(
     prediction_type: str = "epsilon",
     final_alpha_bar: float | None = None,
     progress: bool = True,
-) -> list[torch.Tensor]:
+) -> Trajectory:
     """Invert ``x0`` through the same timesteps ``ddim_sample`` would visit, in reverse.
 
-    Returns every latent, from the start up: ``[x0, x_{t_1}, ..., x_{t_N}]`` with t_1 the
-    smallest visited timestep, so ``latents[-1]`` is the x_T to hand to ``ddim_sample`` and
-    ``latents[-1 - i]`` is the latent that sampling should meet after i steps.
+    Returns every latent, from the start up, as a :class:`Trajectory` [x0, x_{t_1}, ..., x_{t_N}]
+    with t_1 the smallest visited timestep, so ``latents[-1]`` is the x_T to hand to
+    ``ddim_sample`` and ``latents[-1 - i]`` is the latent that sampling should meet after i steps.
     """
     check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
     if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
@@ -88,4 +146,4 @@ def ddim_invert(
         x = ddim_invert_step(schedule, out, x, t_prev, t, prediction_type=prediction_type,
                              final_alpha_bar=final_alpha_bar).sample
         latents.append(x)
-    return latents
+    return Trajectory(tuple([-1] + timesteps.tolist()[::-1]), tuple(latents))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from ddpm.checks import check_choice, check_like, check_timesteps
-from ddpm.forward import gather
+from ddpm.forward import broadcast_to_batch
 from ddpm.parameterization import PREDICTION_TYPES, predict_x0_and_eps
 from ddpm.reverse import Model, StepOutput, draw_noise, initial_noise, sampling_loop
 from ddpm.schedule import NoiseSchedule, make_timesteps
@@ -68,13 +68,13 @@ def ddim_step(
     pred_x0, eps = predict_x0_and_eps(schedule, model_output, x_t, t_tensor, prediction_type)  # Eq. 9
     alpha_bar_prev = schedule.alpha_bar_at(torch.tensor(int(t_prev)), final)
     sigma = ddim_sigma(schedule, int(t), int(t_prev), eta, final)
-    direction = gather((1 - alpha_bar_prev - sigma**2).sqrt(), x_t) * eps
-    x_prev = gather(alpha_bar_prev.sqrt(), x_t) * pred_x0 + direction
+    direction = broadcast_to_batch((1 - alpha_bar_prev - sigma**2).sqrt(), x_t) * eps
+    x_prev = broadcast_to_batch(alpha_bar_prev.sqrt(), x_t) * pred_x0 + direction
     if eta > 0:
         if noise is None:
             noise = draw_noise(x_t, generator)
         check_like(x_t, "x_t", noise=noise)
-        x_prev = x_prev + gather(sigma, x_t) * noise
+        x_prev = x_prev + broadcast_to_batch(sigma, x_t) * noise
     return StepOutput(x_prev, pred_x0)
 
 

@@ -3,7 +3,7 @@
 Follows Ho et al. 2020, "Denoising Diffusion Probabilistic Models"; the cosine schedule is
 Nichol & Dhariwal 2021 and the v parameterisation Salimans & Ho 2022.
 """
-from .forward import gather, posterior_coefficients, q_posterior, q_sample, q_step
+from .forward import broadcast_to_batch, posterior_coefficients, q_posterior, q_sample, q_step
 from .parameterization import (
     PREDICTION_TYPES,
     eps_to_x0,
@@ -35,13 +35,13 @@ __all__ = [
     "SPACINGS",
     "StepOutput",
     "VARIANCES",
+    "broadcast_to_batch",
     "cosine_betas",
     "ddpm_sample",
     "ddpm_step",
     "diffusion_loss",
     "draw_noise",
     "eps_to_x0",
-    "gather",
     "initial_noise",
     "linear_betas",
     "make_timesteps",

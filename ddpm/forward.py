@@ -21,7 +21,7 @@ from .checks import check_batch_timesteps, check_like, check_timesteps
 from .schedule import NoiseSchedule
 
 
-def gather(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def broadcast_to_batch(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Cast per-timestep coefficients to ``x``'s dtype and shape them to broadcast over ``x``.
 
     ``values`` is a scalar (one t for the whole batch) or has one entry per batch item; the
@@ -44,7 +44,7 @@ def q_sample(schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor | int, n
     check_like(x0, "x0", noise=noise)
     t = _timesteps(schedule, t, x0)
     alpha_bar = schedule.alpha_bar[t]
-    return gather(alpha_bar.sqrt(), x0) * x0 + gather((1 - alpha_bar).sqrt(), x0) * noise
+    return broadcast_to_batch(alpha_bar.sqrt(), x0) * x0 + broadcast_to_batch((1 - alpha_bar).sqrt(), x0) * noise
 
 
 def q_step(schedule: NoiseSchedule, x_prev: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor) -> torch.Tensor:
@@ -52,7 +52,7 @@ def q_step(schedule: NoiseSchedule, x_prev: torch.Tensor, t: torch.Tensor | int,
     check_like(x_prev, "x_prev", noise=noise)
     t = _timesteps(schedule, t, x_prev)
     beta = schedule.betas[t]
-    return gather((1 - beta).sqrt(), x_prev) * x_prev + gather(beta.sqrt(), x_prev) * noise
+    return broadcast_to_batch((1 - beta).sqrt(), x_prev) * x_prev + broadcast_to_batch(beta.sqrt(), x_prev) * noise
 
 
 def posterior_coefficients(
@@ -94,5 +94,5 @@ def q_posterior(
     t = _timesteps(schedule, t, x_t)
     t_prev = t - 1 if t_prev is None else torch.as_tensor(t_prev, dtype=torch.long)
     coef_x0, coef_xt, beta_tilde = posterior_coefficients(schedule, t, t_prev)
-    mean = gather(coef_x0, x_t) * x0 + gather(coef_xt, x_t) * x_t
-    return mean, gather(beta_tilde, x_t)
+    mean = broadcast_to_batch(coef_x0, x_t) * x0 + broadcast_to_batch(coef_xt, x_t) * x_t
+    return mean, broadcast_to_batch(beta_tilde, x_t)

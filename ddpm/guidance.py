@@ -40,7 +40,7 @@ from typing import Callable
 import torch
 
 from .checks import check_batch_timesteps, check_like, check_timesteps
-from .forward import gather
+from .forward import broadcast_to_batch
 from .reverse import Model
 from .schedule import NoiseSchedule
 
@@ -84,7 +84,7 @@ def classifier_gradient(classifier: Classifier, x_t: torch.Tensor, t: torch.Tens
         if int(y.min()) < 0 or int(y.max()) >= logits.shape[1]:
             raise ValueError(f"class indices must lie in [0, {logits.shape[1] - 1}], "
                              f"got values in [{int(y.min())}, {int(y.max())}]")
-        log_prob = torch.log_softmax(logits, dim=1).gather(1, y[:, None].to(logits.device))  # (B, 1)
+        log_prob = torch.log_softmax(logits, dim=1).broadcast_to_batch(1, y[:, None].to(logits.device))  # (B, 1)
         (grad,) = torch.autograd.grad(log_prob.sum(), x)  # (B, ...) like x_t
     return grad.detach()
 
@@ -102,7 +102,7 @@ def classifier_guidance(
     _check_scale(scale)
     t = check_timesteps(t, schedule.num_train_timesteps)
     check_batch_timesteps(t, eps, "eps")
-    sigma = gather((1 - schedule.alpha_bar[t]).sqrt(), eps)  # scalar or (B, 1, ..., 1)
+    sigma = broadcast_to_batch((1 - schedule.alpha_bar[t]).sqrt(), eps)  # scalar or (B, 1, ..., 1)
     return eps - sigma * scale * grad_log_prob
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .checks import check_choice, check_like, check_timesteps
-from .forward import gather
+from .forward import broadcast_to_batch
 from .schedule import NoiseSchedule
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -25,7 +25,7 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 def _a_s(schedule: NoiseSchedule, t: torch.Tensor | int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     t = check_timesteps(t, schedule.num_train_timesteps)
     alpha_bar = schedule.alpha_bar[t]
-    return gather(alpha_bar.sqrt(), x), gather((1 - alpha_bar).sqrt(), x)
+    return broadcast_to_batch(alpha_bar.sqrt(), x), broadcast_to_batch((1 - alpha_bar).sqrt(), x)
 
 
 def eps_to_x0(schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor) -> torch.Tensor:

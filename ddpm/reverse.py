@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from .checks import check_choice, check_like, check_timesteps
-from .forward import gather, posterior_coefficients
+from .forward import broadcast_to_batch, posterior_coefficients
 from .parameterization import PREDICTION_TYPES, predict_x0_and_eps
 from .schedule import NoiseSchedule, make_timesteps, timestep_pairs
 
@@ -66,7 +66,7 @@ def ddpm_step(
     t_prev = int(t_tensor) - 1 if t_prev is None else int(t_prev)
     pred_x0, _ = predict_x0_and_eps(schedule, model_output, x_t, t_tensor, prediction_type)
     coef_x0, coef_xt, beta_tilde = posterior_coefficients(schedule, t_tensor, torch.tensor(t_prev))
-    mean = gather(coef_x0, x_t) * pred_x0 + gather(coef_xt, x_t) * x_t
+    mean = broadcast_to_batch(coef_x0, x_t) * pred_x0 + broadcast_to_batch(coef_xt, x_t) * x_t
     if t_prev < 0:
         return StepOutput(mean, pred_x0)
     if variance == "fixed_small":
@@ -76,7 +76,7 @@ def ddpm_step(
     if noise is None:
         noise = draw_noise(x_t, generator)
     check_like(x_t, "x_t", noise=noise)
-    return StepOutput(mean + gather(var.sqrt(), x_t) * noise, pred_x0)
+    return StepOutput(mean + broadcast_to_batch(var.sqrt(), x_t) * noise, pred_x0)
 
 
 MAX_SEED = 2**63 - 1

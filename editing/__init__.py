@@ -10,15 +10,15 @@
   components, the edit grid.
 """
 from .attention_maps import (SelfAttentionComponents, edit_grid, heatmaps, self_attention_components,
-                             self_attention_figure, token_heatmaps, token_maps)
-from .attention_store import AttentionStore, select_sites
+                             self_attention_figure, token_heatmaps, per_token_maps)
+from .attention_store import AttentionStore
 from .null_text import (Inversion, NullTextResult, ddim_inversion, negative_prompt_inversion, null_text_inversion,
                         optimise_null_text)
 from .prompt_to_prompt import EditResult, LocalBlend, PromptToPrompt, prompt_to_prompt
 from .token_maps import equalizer, needleman_wunsch, refinement_map, refinement_maps, replacement_map, replacement_maps
 
 __all__ = ["SelfAttentionComponents", "edit_grid", "heatmaps", "self_attention_components", "self_attention_figure",
-           "token_heatmaps", "token_maps", "AttentionStore", "EditResult", "LocalBlend", "PromptToPrompt", "equalizer", "needleman_wunsch",
+           "token_heatmaps", "per_token_maps", "AttentionStore", "EditResult", "LocalBlend", "PromptToPrompt", "equalizer", "needleman_wunsch",
            "prompt_to_prompt", "refinement_map", "refinement_maps", "replacement_map", "replacement_maps",
            "select_sites", "Inversion", "NullTextResult", "ddim_inversion", "negative_prompt_inversion",
            "null_text_inversion", "optimise_null_text"]

@@ -9,7 +9,7 @@ in ``locations`` (``aggregate``):
 
     M_bar[x, j] = mean over sites and steps of M_t[x, j]       (h, w, 77): one map per token j
 
-1. :func:`token_maps` / :func:`token_heatmaps`: the column of each prompt token (bos and eos left
+1. :func:`per_token_maps` / :func:`token_heatmaps`: the column of each prompt token (bos and eos left
    out), each scaled to its own maximum, upsampled to the image and laid over it (the official
    ``show_cross_attention``, Fig. 4 of the paper).
 2. :func:`self_attention_components` / :func:`self_attention_figure`: the self-attention map
@@ -40,7 +40,9 @@ from matplotlib.figure import Figure
 
 from ldm.tokenizer import PromptTokenizer
 
-from .attention_store import AttentionStore, check_locations, site_size
+from unet.editor import check_locations, site_size
+
+from .attention_store import AttentionStore
 from .token_maps import _check_prompt
 
 DISPLAY_SIDE = 256  # side of a heat map drawn without an image (the official figures' 256 px)
@@ -139,7 +141,7 @@ def _hwc(image: torch.Tensor):
 # 1. Cross-attention: one map per token
 
 
-def token_maps(store: AttentionStore, tokenizer: PromptTokenizer, prompt: str, prompt_index: int = 0,
+def per_token_maps(store: AttentionStore, tokenizer: PromptTokenizer, prompt: str, prompt_index: int = 0,
                size: float | None = None, locations: Iterable[str] = ("down", "up")) -> tuple[list[str], torch.Tensor]:
     """The prompt's tokens and their cross-attention maps M_bar[:, :, j], (n_tokens, h, w).
 
@@ -180,14 +182,14 @@ def heatmaps(maps: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
 def token_heatmaps(store: AttentionStore, tokenizer: PromptTokenizer, prompt: str, prompt_index: int = 0,
                    size: float | None = None, locations: Iterable[str] = ("down", "up"),
                    image: torch.Tensor | None = None) -> Figure:
-    """One panel per token of ``prompt``: its cross-attention map (:func:`token_maps`), scaled to
+    """One panel per token of ``prompt``: its cross-attention map (:func:`per_token_maps`), scaled to
     its own maximum and upsampled to ``image`` (3, H, W) in [0, 1], drawn over it (jet, as in
     notebook 06) if given; 256 px on the longer side otherwise. Under each token: its mean
     attention weight (uniform attention over the 77 positions would give 1/77 = 0.013)."""
     if image is not None:
         image = _check_images(image, "image", 3)  # (3, H, W)
     locations = check_locations(locations)
-    tokens, maps = token_maps(store, tokenizer, prompt, prompt_index, size, locations)  # (n, h, w)
+    tokens, maps = per_token_maps(store, tokenizer, prompt, prompt_index, size, locations)  # (n, h, w)
     size = _check_size(store, "cross", size, locations)
     h, w = maps.shape[-2:]
     if image is not None:

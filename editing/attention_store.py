@@ -26,46 +26,11 @@ a 64x64 latent has sizes 1 (64x64), 1/2 (32x32), 1/4 (16x16) and, in the middle 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import torch
 
-from unet.editor import LOCATIONS, Editor, Site
-
-
-def site_size(site: Site) -> float:
-    """A site's map side as a fraction of the latent side: 1 / downsample."""
-    return 1.0 / site.downsample
-
-
-def check_size(name: str, size: float) -> float:
-    """A resolution written as a fraction of the latent side: a number in (0, 1]."""
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or not 0 < size <= 1:
-        raise ValueError(f"{name} must be a fraction of the latent side in (0, 1] (1/4 = 16x16 of a 64x64 latent), "
-                         f"got {size!r}")
-    return float(size)
-
-
-def check_locations(locations: Iterable[str]) -> tuple[str, ...]:
-    locations = tuple(locations) if not isinstance(locations, str) else (locations,)
-    if not locations or any(loc not in LOCATIONS for loc in locations):
-        raise ValueError(f"locations must be a non-empty subset of {LOCATIONS}, got {locations!r}")
-    return locations
-
-
-def select_sites(sites: Sequence[Site], kind: str, max_size: float = 1.0, min_size: float = 0.0,
-                 locations: Iterable[str] = LOCATIONS) -> list[Site]:
-    """The attention sites of ``kind`` ("self" or "cross") in ``locations`` whose map side is at
-    most ``max_size`` and at least ``min_size`` times the latent side, in the U-Net's order.
-
-    ``select_sites(unet.sites, "self", max_size=1/4)`` is Prompt-to-Prompt's "self-attention at
-    16x16 and below" on SD v1 (64x64 latents): down_blocks.2 (two), the middle block, up_blocks.1
-    (three).
-    """
-    if kind not in ("self", "cross"):
-        raise ValueError(f"kind must be 'self' or 'cross', got {kind!r}")
-    locations = check_locations(locations)
-    return [s for s in sites if s.kind == kind and s.location in locations and min_size <= site_size(s) <= max_size]
+from unet.editor import Editor, Site, check_locations, check_size, site_size
 
 
 class AttentionStore(Editor):
@@ -130,10 +95,6 @@ class AttentionStore(Editor):
         self.latent_hw = tuple(latents.shape[-2:])  # how to fold a site's HW pixels back into (h, w)
         return latents
 
-    def reset(self) -> None:
-        self.sums.clear(), self.sites.clear(), self.counts.clear()
-        self.latent_hw = None
-
     @property
     def nbytes(self) -> int:
         """Memory held by the stored sums, in bytes."""
@@ -162,13 +123,13 @@ class AttentionStore(Editor):
         return sorted({site_size(s) for s in self.sites.values() if s.kind == kind}, reverse=True)
 
     def aggregate(self, kind: str = "cross", size: float | None = None, locations: Iterable[str] = ("down", "up"),
-                  prompt: int | None = None, current: bool = False) -> torch.Tensor:
+                  prompt: int | None = None, sums: bool = False) -> torch.Tensor:
         """The maps of every recorded ``kind`` site of one ``size`` in ``locations``, averaged over
         those sites (their heads were averaged when recorded): (B, h, w, M) as an image per token, or
         (h, w, M) for one ``prompt``. ``size`` defaults to the largest recorded. The official
         ``aggregate_attention`` does the same with ``from_where=("up", "down")``.
 
-        ``current=True`` averages the running *sums* instead of the means: the same up to a
+        ``sums=True`` averages the running *sums* instead of the means: the same up to a
         factor per site, which local blending normalises away.
         """
         locations = check_locations(locations)
@@ -181,7 +142,7 @@ class AttentionStore(Editor):
                   if s.kind == kind and s.location in locations and math.isclose(site_size(s), size)]
         if not chosen:
             raise ValueError(f"no {kind}-attention maps of size {size} in {locations}; recorded sizes: {sizes}")
-        maps = torch.stack([self.sums[n] if current else self.average(n) for n in chosen]).mean(0)  # (B, N, M)
+        maps = torch.stack([self.sums[n] if sums else self.average(n) for n in chosen]).mean(0)  # (B, N, M)
         maps = maps.unflatten(1, self.map_shape(self.sites[chosen[0]], maps.shape[1]))  # (B, h, w, M)
         if prompt is None:
             return maps

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from ddpm.guidance import classifier_free_guidance
+from ddim.inversion import Trajectory
 from ldm.pipeline import StableDiffusion, check_guidance_scale
 from unet.editor import Editor
 
@@ -64,7 +65,7 @@ EARLY_STOP_GROWTH = 1e-3  # the early-stop bound grows by this over the run: 2e-
 class Inversion:
     """What editing starts from: the pivots, one null-text context per sampling step, and C."""
 
-    latents: list[torch.Tensor]  # DDIM inversion [z*_0, z*_{tau_1}, ..., z*_T], each (1, 4, h, w)
+    latents: Trajectory  # DDIM inversion [z*_0, z*_{tau_1}, ..., z*_T], each (1, 4, h, w)
     uncond_per_step: list[torch.Tensor]  # one (1, 77, D) unconditional context per sampling step i
     cond: torch.Tensor  # (1, 77, D): the prompt's context C
     steps: int
@@ -112,31 +113,11 @@ def _check_common(prompt: Any, steps: Any, guidance_scale: Any) -> float:
     return _check_guidance(guidance_scale)
 
 
-def image_latents(sd: StableDiffusion, image_or_latents: Any) -> torch.Tensor:
-    """z*_0 (1, 4, h, w): a latent tensor as it is, anything else through ``sd.encode_image``.
-
-    A 4-D tensor with the U-Net's input channels (4) is read as latents; images are 3-channel.
-    One image only: an inversion is one trajectory. (``sd.invert`` checks the latent size before its
-    first U-Net call.)"""
-    c = sd.unet.config.in_channels
-    if isinstance(image_or_latents, torch.Tensor) and image_or_latents.ndim == 4 and image_or_latents.shape[1] == c:
-        latents = image_or_latents
-    else:
-        if isinstance(image_or_latents, (list, tuple)) and len(image_or_latents) != 1:
-            raise ValueError(f"an inversion takes one image, got a list of {len(image_or_latents)}")
-        if isinstance(image_or_latents, torch.Tensor) and image_or_latents.ndim == 4 and image_or_latents.shape[0] != 1:
-            raise ValueError(f"an inversion takes one image, got a batch of shape {tuple(image_or_latents.shape)}")
-        latents = sd.encode_image(image_or_latents)  # (1, 4, h, w)
-    if latents.shape[0] != 1:
-        raise ValueError(f"an inversion takes one image latent (1, {c}, h, w), got a batch of shape {tuple(latents.shape)}")
-    return latents.detach().to(sd.device).clone()  # (1, 4, h, w), a copy: the Inversion keeps it
-
-
 def pivots(sd: StableDiffusion, image_or_latents: Any, prompt: str, steps: int,
-           progress: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+           progress: bool) -> tuple[Trajectory, torch.Tensor]:
     """Pivotal inversion (section 3.1): C = tau(prompt) and DDIM inversion with s = 1 under it,
     [z*_0, ..., z*_T]; ``result[-2 - i]`` is where sampling step i should land."""
-    z0 = image_latents(sd, image_or_latents)  # (1, 4, h, w)
+    z0 = sd.image_latents(image_or_latents)  # (1, 4, h, w)
     cond = sd.encode_prompts([prompt])  # (1, 77, D)
     return sd.invert(z0, cond, steps=steps, guidance_scale=1.0, progress=progress), cond
 

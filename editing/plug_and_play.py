@@ -37,12 +37,12 @@ import torch
 
 from ddpm.forward import q_sample
 from ddpm.reverse import seeded_generator
+from ddim.inversion import Trajectory
 from ldm.images import ImageLike
 from ldm.pipeline import check_guidance_scale
 from unet.editor import Editor, Site
 
-from .attention_store import check_size, site_size
-from .null_text import image_latents
+from unet.editor import check_size, site_size
 
 DEFAULT_NEGATIVE = "ugly, blurry, black, low res, unrealistic"  # the official translation's negative prompt
 
@@ -126,7 +126,7 @@ class PlugAndPlay(Editor):
         if self.source is None:
             raise ValueError("this PlugAndPlay editor has no source branch: attach_source(inversion, context) first")
         inversion, context = self.source
-        return inversion.latents[t], context  # (1, 4, h, w), (1, 77, D)
+        return inversion.latents.at(t), context  # (1, 4, h, w), (1, 77, D)
 
     def resnet_residual(self, h: torch.Tensor, site: Site) -> torch.Tensor:
         if site.name != self.sites.feature.name or self.step >= self.feature_steps:
@@ -147,13 +147,13 @@ class PlugAndPlay(Editor):
 class GuidanceInversion:
     """z_t^G of the guidance image at every timestep of a ``steps``-step sampler."""
 
-    latents: dict[int, torch.Tensor]  # t -> (1, 4, h, w); t = -1 is z_0^G
+    latents: Trajectory  # z_0^G, then z_t^G at the sampling timesteps (``latents.at(t)``), each (1, 4, h, w)
     steps: int
     inversion_steps: int
 
     @property
     def z0(self) -> torch.Tensor:
-        return self.latents[-1]
+        return self.latents.z0
 
 
 def invert_guidance_image(sd, image: ImageLike | torch.Tensor, *, steps: int = 50, inversion_steps: int | None = None,
@@ -172,14 +172,10 @@ def invert_guidance_image(sd, image: ImageLike | torch.Tensor, *, steps: int = 5
     if missing:
         raise ValueError(f"inversion_steps={inversion_steps} visits no z_t at the sampling timesteps {missing[:5]}...; "
                          f"use {steps} or 999 (timesteps 1..999 hold them all)")
-    z0 = image_latents(sd, image)  # (1, 4, h, w): latents as they are, an image through the VAE
+    z0 = sd.image_latents(image)  # (1, 4, h, w): latents as they are, an image through the VAE
     empty = sd.encode_prompts([""])  # (1, 77, D)
     trajectory = sd.invert(z0, empty, steps=inversion_steps, guidance_scale=1.0, progress=progress)
-    # trajectory[k] is the latent at the k-th smallest timestep (k = 0: z_0)
-    ascending = [-1] + sorted(inv_timesteps)
-    wanted = set(timesteps) | {-1}
-    latents = {t: z for t, z in zip(ascending, trajectory) if t in wanted}
-    return GuidanceInversion(latents, steps, inversion_steps)
+    return GuidanceInversion(trajectory.restricted(timesteps), steps, inversion_steps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,7 +217,7 @@ def plug_and_play(sd, inversion: GuidanceInversion, prompt: str, *, negative_pro
     empty, cond = sd.encode_prompts([""]), sd.encode_prompts([prompt])  # (1, 77, D) each
     uncond = sd.encode_prompts([negative_prompt]) if s != 1 else None
     editor.attach_source(inversion, empty)
-    z_T = inversion.latents[int(sd.timesteps(inversion.steps)[0])].clone()  # z*_T = z_T^G
+    z_T = inversion.latents[-1].clone()  # z*_T = z_T^G
     return sd.denoise(z_T, cond, uncond, steps=inversion.steps, guidance_scale=s, editor=editor, progress=progress,
                       desc="Plug-and-Play")
 
@@ -243,7 +239,7 @@ def sdedit(sd, image: ImageLike | torch.Tensor, prompt: str, *, strength: float 
     if start_step >= steps:
         raise ValueError(f"strength {strength} of {steps} steps leaves no step to run; raise it")
     t = int(timesteps[start_step])
-    z0 = image_latents(sd, image)  # (1, 4, h, w)
+    z0 = sd.image_latents(image)  # (1, 4, h, w)
     generator = seeded_generator(seed)
     noise = torch.randn(z0.shape, generator=generator).to(z0)  # (1, 4, h, w)
     z_t = q_sample(sd.schedule, z0, t, noise)  # Ho et al. Eq. 4

@@ -108,7 +108,7 @@ def check_model(parser: argparse.ArgumentParser, args: argparse.Namespace, setti
     """The prompts against the tokenizer and the inversion steps against the scheduler, from the
     model folder's manifest and tokenizer alone (no network loaded yet)."""
     from ddpm.schedule import make_timesteps
-    from ldm.pipeline import schedule_from_settings
+    from weights.model_folder import schedule_from_settings
 
     for flag, text in (("--prompt", args.prompt), ("--negative", args.negative)):
         try:

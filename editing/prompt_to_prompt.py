@@ -53,7 +53,9 @@ from ldm.pipeline import check_guidance_scale
 from ldm.tokenizer import PromptTokenizer
 from unet.editor import Editor, Site
 
-from .attention_store import AttentionStore, check_size, select_sites, site_size
+from unet.editor import check_size, select_sites, site_size
+
+from .attention_store import AttentionStore
 from .token_maps import _check_prompt, equalizer, refinement_maps, replacement_maps
 
 MODES = ("replace", "refine", None)
@@ -154,7 +156,7 @@ class LocalBlend:
 
     def mask(self, store: AttentionStore, shape: tuple[int, int]) -> torch.Tensor:
         """(B, 1, h, w) of 0/1: prompt b's mask OR the source's, at the latent size ``shape``."""
-        maps = store.aggregate("cross", self.size, locations=("down", "up"), current=True)  # (B, m, n, L)
+        maps = store.aggregate("cross", self.size, locations=("down", "up"), sums=True)  # (B, m, n, L)
         alpha = (maps * self.alphas[:, None, None, :].to(maps)).sum(-1)  # (B, m, n): the words' attention
         k = round(self.dilation * max(alpha.shape[-2:]))  # the pooling radius in cells
         alpha = F.max_pool2d(alpha[:, None], kernel_size=2 * k + 1, stride=1, padding=k)  # (B, 1, m, n), dilated by k

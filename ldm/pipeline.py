@@ -34,13 +34,13 @@ import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ddim.inversion import ddim_invert
+from ddim.inversion import Trajectory, ddim_invert
 from ddim.sampler import ddim_step, resolve_final_alpha_bar
 from ddpm.checks import check_choice
 from ddpm.guidance import classifier_free_guidance
@@ -55,14 +55,6 @@ from .tokenizer import PromptTokenizer
 from .vae import AutoencoderKL
 
 SAMPLERS = ("ddim", "ddpm")
-
-
-def schedule_from_settings(settings: dict[str, Any]) -> tuple[NoiseSchedule, int, str]:
-    """A manifest's ``scheduler`` dict -> (training schedule, steps_offset, timestep spacing)."""
-    name = settings.get("beta_schedule", "scaled_linear")
-    kwargs = {k: settings[k] for k in ("beta_start", "beta_end") if k in settings and name != "cosine"}
-    schedule = NoiseSchedule.from_name(name, settings.get("num_train_timesteps", 1000), **kwargs)
-    return schedule, int(settings.get("steps_offset", 1)), settings.get("timestep_spacing", "leading")
 
 
 class NonFiniteError(ValueError):
@@ -164,7 +156,7 @@ class StableDiffusion:
     @classmethod
     def from_folder(cls, path: str | Path, device: torch.device | str = "cpu") -> "StableDiffusion":
         """A model folder written by ``python -m weights.convert`` (see :mod:`weights.model_folder`)."""
-        from weights.model_folder import load_model_folder, manifest_image_size, read_manifest
+        from weights.model_folder import load_model_folder, manifest_image_size, read_manifest, schedule_from_settings
 
         data = read_manifest(path)
         schedule, steps_offset, spacing = schedule_from_settings(data["scheduler"])
@@ -216,9 +208,6 @@ class StableDiffusion:
         ``extra`` = (latents (E, 4, h, w), contexts (E, 77, D)) puts E more items *before* those in
         the same call; the editor sees them as items 0..E-1 and their predictions are dropped
         (Plug-and-Play's source branch, :meth:`unet.Editor.extra_items`).
-
-        The CPU convolution switch (:func:`native_convs`) is decided here, once per U-Net call, from
-        the call's batch: every sampling loop of the library reaches the U-Net through this method.
         """
         s = check_guidance_scale(guidance_scale)
         B = latents.shape[0]
@@ -238,8 +227,7 @@ class StableDiffusion:
                                  f"latents {tuple(latents.shape)} and contexts {tuple(cond.shape)}")
             E = extra_latents.shape[0]
             x, context = torch.cat([extra_latents, x]), torch.cat([extra_context, context])  # (E + U, ...)
-        with native_convs(tiny_convs(self.unet, x.shape[0], *x.shape[-2:])):
-            eps = self.unet(x, t, context, editor)[E:]  # (B or 2B, 4, h, w): the extra items' output dropped
+        eps = self.unet(x, t, context, editor)[E:]  # (B or 2B, 4, h, w): the extra items' output dropped
         edited = ", or the editor's change (a re-weighting?) is too large" if editor else ""
         if s == 1:
             return check_finite(eps, f"the noise prediction at t={t}", "the weights or the context hold NaN/inf" + edited)
@@ -315,9 +303,13 @@ class StableDiffusion:
             extra = None
             if editor is not None:
                 editor.begin_step(i, t)
-                u = editor.unconditional(i, t, latents, u)  # null-text inversion optimises u_t here
                 extra = editor.extra_items(i, t)  # Plug-and-Play's source branch
-            eps = self.predict_noise(latents, t, cond, u, s, editor, extra)  # (B, 4, h, w)
+            # The CPU convolution switch is decided here, once per step, from the step's U-Net batch.
+            unet_batch = (B if s == 1 else 2 * B) + (0 if extra is None else extra[0].shape[0])
+            with native_convs(tiny_convs(self.unet, unet_batch, *latents.shape[-2:])):
+                if editor is not None:
+                    u = editor.unconditional(i, t, latents, u)  # null-text inversion optimises u_t here
+                eps = self.predict_noise(latents, t, cond, u, s, editor, extra)  # (B, 4, h, w)
             latents = self.step(eps, latents, t, t_prev, sampler, eta, generator)
             check_finite(latents, f"the latents after step {i} (t={t})",
                          f"eta={eta} or the guidance scale {s} is too large, or an editor's change diverged")
@@ -331,11 +323,12 @@ class StableDiffusion:
 
     @torch.no_grad()
     def invert(self, latents: torch.Tensor, cond: torch.Tensor, *, steps: int = 50, guidance_scale: float = 1.0,
-               uncond: torch.Tensor | None = None, progress: bool = True) -> list[torch.Tensor]:
+               uncond: torch.Tensor | None = None, progress: bool = True) -> Trajectory:
         """DDIM inversion of image latents z_0 under the prompt context ``cond``: the loop of
         :func:`ddim.inversion.ddim_invert` with this model's guided noise prediction.
 
-        Returns [z_0, z_{tau_1}, ..., z_{tau_N}]: ``result[-1]`` is the z_T to hand to :meth:`denoise`
+        Returns the :class:`ddim.inversion.Trajectory` [z_0, z_{tau_1}, ..., z_{tau_N}]: ``result[-1]``
+        (or ``result.at(tau_N)``) is the z_T to hand to :meth:`denoise`
         with the same ``steps``, and ``result[-1 - i]`` is where step i of that sampling should land.
         Null-text inversion and Plug-and-Play invert with s = 1 (the conditional model alone), the
         default. s > 1 needs ``uncond``. s < 1 is an error: it would extrapolate *toward* the
@@ -446,6 +439,27 @@ class StableDiffusion:
             raise ValueError(f"the images come out at different sizes {sizes}; pass height and width")
         x = torch.cat(x).to(self.device)  # (B, 3, H, W) in [0, 1]
         return self.vae.encode_to_latents(2 * x - 1)  # (B, 4, H/8, W/8)
+
+    def image_latents(self, image_or_latents: ImageLike | torch.Tensor) -> torch.Tensor:
+        """One image's z_0 (1, 4, h, w), what an inversion starts from: a latent tensor as it is,
+        anything else through :meth:`encode_image`.
+
+        A 4-D tensor with the U-Net's input channels (4) is read as latents; images are 3-channel.
+        One image only: an inversion is one trajectory. Returns a copy (an inversion keeps it)."""
+        c = self.unet.config.in_channels
+        x = image_or_latents
+        if isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[1] == c:
+            latents = x
+        else:
+            if isinstance(x, (list, tuple)) and len(x) != 1:
+                raise ValueError(f"an inversion takes one image, got a list of {len(x)}")
+            if isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[0] != 1:
+                raise ValueError(f"an inversion takes one image, got a batch of shape {tuple(x.shape)}")
+            latents = self.encode_image(x)  # (1, 4, h, w)
+        if latents.shape[0] != 1:
+            raise ValueError(f"an inversion takes one image latent (1, {c}, h, w), got a batch of shape "
+                             f"{tuple(latents.shape)}")
+        return latents.detach().to(self.device).clone()  # (1, 4, h, w)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

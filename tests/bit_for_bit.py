@@ -140,7 +140,7 @@ def python_entry_points(sd, name: str, guidance: float, image: torch.Tensor) -> 
     out[f"{name}/p2p/blend_fine"] = r.images
 
     trajectory = sd.invert(sd.encode_image(image), sd.encode_prompts([src]), steps=STEPS, progress=False)
-    out[f"{name}/invert"] = torch.stack(trajectory)
+    out[f"{name}/invert"] = torch.stack(list(trajectory))
     for method, invert in (("null_text", null_text_inversion), ("negative_prompt", negative_prompt_inversion),
                            ("ddim", ddim_inversion)):
         inversion = invert(sd, image, src, **g)
@@ -150,7 +150,7 @@ def python_entry_points(sd, name: str, guidance: float, image: torch.Tensor) -> 
         out[f"{name}/{method}/edit"] = prompt_to_prompt(sd, [src, tgt], inversion=inversion, progress=False).images
 
     inversion = invert_guidance_image(sd, image, steps=STEPS, progress=False)
-    out[f"{name}/pnp/inversion"] = torch.stack([inversion.latents[t] for t in sorted(inversion.latents)])
+    out[f"{name}/pnp/inversion"] = torch.stack(list(inversion.latents))
     out[f"{name}/pnp/translation"] = plug_and_play(sd, inversion, tgt, guidance_scale=guidance,
                                                    negative_prompt="a small square", progress=False)
     out[f"{name}/pnp/no_guidance"] = plug_and_play(sd, inversion, tgt, guidance_scale=1.0, progress=False)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from editing.attention_maps import (edit_grid, heatmaps, self_attention_components, self_attention_figure,
-                                    token_heatmaps, token_maps)
+                                    token_heatmaps, per_token_maps)
 from editing.attention_store import AttentionStore
 from ldm.tokenizer import WordTokenizer
 from unet.editor import Site
@@ -66,7 +66,7 @@ def random_probs(items: int, heads: int, pixels: int, columns: int, generator: t
 # Cross-attention: token maps
 
 
-def test_token_maps_average_heads_steps_and_sites_of_the_conditional_half(words):
+def test_per_token_maps_average_heads_steps_and_sites_of_the_conditional_half(words):
     """M_bar of prompt b, token j = mean over heads, steps and the down/up sites of one size of
     probs[B + b, :, :, j] (the conditional half of the guidance batch); the mid block and the other
     size are left out."""
@@ -84,7 +84,7 @@ def test_token_maps_average_heads_steps_and_sites_of_the_conditional_half(words)
                 expected += probs[B:].sum(dim=1) / (heads * steps * len(chosen))  # (B, HW, 77)
     store = store_with(B, (h, w), records)
     for b in range(B):
-        tokens, maps = token_maps(store, words, PROMPT, prompt_index=b, size=1.0)
+        tokens, maps = per_token_maps(store, words, PROMPT, prompt_index=b, size=1.0)
         assert tokens == PROMPT.split(" ")
         assert maps.shape == (8, h, w)
         want = expected[b, :, 1:9].T.reshape(8, h, w)  # positions 1..8: the prompt's tokens, bos and eos left out
@@ -104,7 +104,7 @@ def test_token_map_of_a_word_is_where_its_pixels_look(words):
     probs[:, :, ~block.flatten(), 8] = 0.9
     fine = torch.full((1, 2, 64, L), 1 / L)  # a uniform 8x8 map at size 1: not the default
     store = store_with(1, (8, 8), [(probs, site("cross", "down", 2)), (fine, site("cross", "up", 1))])
-    tokens, maps = token_maps(store, words, PROMPT)
+    tokens, maps = per_token_maps(store, words, PROMPT)
     assert maps.shape == (8, 4, 4)
     torch.testing.assert_close(maps[tokens.index("circle")], 0.9 * block.float(), rtol=0, atol=1e-7)
     torch.testing.assert_close(maps[tokens.index("background")], 0.9 * (~block).float(), rtol=0, atol=1e-7)
@@ -118,7 +118,7 @@ def test_token_labels_are_each_tokens_text():
 
     clip = CLIPTokenizer.from_bpe_file(clip_bpe_path())
     store = store_with(1, (2, 2), [(torch.full((1, 1, 4, L), 1 / L), site("cross", "down", 1))])
-    tokens, maps = token_maps(store, clip, "a photo of a capybara")
+    tokens, maps = per_token_maps(store, clip, "a photo of a capybara")
     assert tokens == ["a", "photo", "of", "a", "cap", "y", "bara"]
     assert maps.shape == (7, 2, 2)
 
@@ -142,7 +142,7 @@ def test_heatmaps_scale_each_map_to_its_maximum():
 def test_token_heatmaps_figure_shows_each_tokens_map(words):
     g = torch.Generator().manual_seed(1)
     store = store_with(1, (4, 4), [(random_probs(2, 2, 16, L, g), site("cross", "up", 1))])
-    tokens, maps = token_maps(store, words, PROMPT)
+    tokens, maps = per_token_maps(store, words, PROMPT)
     image = torch.rand(3, 32, 32, generator=g)  # (3, H, W) in [0, 1]
     fig = token_heatmaps(store, words, PROMPT, image=image)
     axes = [ax for ax in fig.axes if ax.get_visible() and ax.images]
@@ -312,29 +312,29 @@ def test_edit_grid_shows_each_image_under_its_prompt():
 def test_bad_input(words):
     cross = store_with(2, (2, 2), [(torch.full((2, 1, 4, L), 1 / L), site("cross", "down", 1))])
     with pytest.raises(ValueError, match="holds no cross-attention maps"):
-        token_maps(AttentionStore(2), words, PROMPT)
+        per_token_maps(AttentionStore(2), words, PROMPT)
     with pytest.raises(ValueError, match="holds no self-attention maps"):
         self_attention_components(cross)
     with pytest.raises(ValueError, match=r"no cross-attention maps of size 0.5 .*recorded sizes there: \[1.0\]"):
-        token_maps(cross, words, PROMPT, size=0.5)
+        per_token_maps(cross, words, PROMPT, size=0.5)
     with pytest.raises(ValueError, match=r"prompt_index must be an int in \[0, 1\].*got 2"):
-        token_maps(cross, words, PROMPT, prompt_index=2)
+        per_token_maps(cross, words, PROMPT, prompt_index=2)
     with pytest.raises(ValueError, match=r"prompt_index must be an int in \[0, 1\].*got -1"):
         token_heatmaps(cross, words, PROMPT, prompt_index=-1)
     with pytest.raises(ValueError, match="locations must be"):
-        token_maps(cross, words, PROMPT, locations=("left",))
+        per_token_maps(cross, words, PROMPT, locations=("left",))
     with pytest.raises(ValueError, match="tokenizer must be a PromptTokenizer"):
-        token_maps(cross, "words", PROMPT)
+        per_token_maps(cross, "words", PROMPT)
     with pytest.raises(ValueError, match="store must be an AttentionStore"):
-        token_maps({}, words, PROMPT)
+        per_token_maps({}, words, PROMPT)
     # the prompt must fit the maps' token axis: 76 tokens leave no room for bos and eos in 77
     with pytest.raises(ValueError, match="has 76 tokens"):
-        token_maps(cross, words, " ".join(["a"] * 76))
+        per_token_maps(cross, words, " ".join(["a"] * 76))
     with pytest.raises(ValueError, match="unknown word 'dog'"):
-        token_maps(cross, words, "a big dog")
+        per_token_maps(cross, words, "a big dog")
     short = store_with(1, (2, 2), [(torch.full((1, 1, 4, 10), 0.1), site("cross", "down", 1))])
     with pytest.raises(ValueError, match="10 token columns, but the tokenizer makes rows of 77"):
-        token_maps(short, words, PROMPT)
+        per_token_maps(short, words, PROMPT)
 
     own = store_with(1, (2, 2), [(region_map(torch.tensor([0, 0, 1, 1]))[None, None], site("self", "down", 1))])
     with pytest.raises(ValueError, match=r"n must be an int in \[1, 4\].*got 0"):
@@ -388,7 +388,7 @@ def test_toy_shape_word_attends_to_the_object(toy_edit):
     word (measured 2.5x, 3.3x)."""
     tokenizer, prompts, store, images, masks = toy_edit
     for b, shape_word in ((0, "circle"), (1, "square")):
-        tokens, maps = token_maps(store, tokenizer, prompts[b], prompt_index=b)  # (8, 4, 4)
+        tokens, maps = per_token_maps(store, tokenizer, prompts[b], prompt_index=b)  # (8, 4, 4)
         inside = mask_share(masks[b], maps.shape[-2:])  # (4, 4)
         share = (maps * inside).sum((1, 2)) / maps.sum((1, 2))  # (8,): each token's mass inside the object
         uniform = inside.mean()
@@ -410,3 +410,13 @@ def test_toy_first_self_attention_component_is_the_object(toy_edit):
         assert r > 0.6, f"prompt {b}: correlation {r:.3f} of component 0 with the object mask"
     fig = self_attention_figure(store, prompt_index=0, n=4, image=images[0])
     assert len([ax for ax in fig.axes if ax.images]) == 5
+
+
+def test_the_token_maps_module_is_not_shadowed_by_a_function():
+    """``import editing.token_maps as tm`` binds the attribute ``editing.token_maps``: the module,
+    not a function of the same name re-exported by the package."""
+    import types
+
+    import editing.token_maps as tm
+
+    assert isinstance(tm, types.ModuleType) and callable(tm.replacement_map)

@@ -7,7 +7,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from ddim import ddim_invert, ddim_invert_step, ddim_sample, ddim_sigma, ddim_step
-from ddpm import NoiseSchedule, ddpm_step, make_timesteps, previous_timesteps, q_posterior, q_sample
+from ddpm import NoiseSchedule, ddpm_step, make_timesteps, q_posterior, q_sample, timestep_pairs
 from tests.conftest import assert_trajectories_close, fake_model, gaussian_oracle, point_oracle
 
 PAIRS = [(999, 998), (500, 499), (1, 0), (981, 961), (501, 481), (21, 1)]
@@ -46,7 +46,7 @@ def test_eta0_with_an_eps_oracle_returns_x0_exactly(sd_schedule, start, spacing)
     timesteps = torch.cat([torch.tensor([start]), timesteps[timesteps < start]])
     x = q_sample(sd_schedule, x0, start, eps)
     oracle = point_oracle(sd_schedule, x0)
-    for t, t_prev in zip(timesteps.tolist(), previous_timesteps(timesteps).tolist()):
+    for t, t_prev in timestep_pairs(timesteps):
         out = ddim_step(sd_schedule, oracle(x, torch.tensor([t])), x, t, t_prev, final_alpha_bar=1.0)
         torch.testing.assert_close(out.pred_x0, x0, rtol=1e-9, atol=1e-9)
         expected = x0 if t_prev < 0 else q_sample(sd_schedule, x0, t_prev, eps)

@@ -1,4 +1,4 @@
-"""``python -m ddpm.demo`` (``make demo``): writes a valid figure, is reproducible, rejects bad arguments."""
+"""``python -m toyworld.demo_2d`` (``make demo``): writes a valid figure, is reproducible, rejects bad arguments."""
 from __future__ import annotations
 
 import re
@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm import demo
-from ddpm.toy2d import energy_distance, train_2d
+from toyworld import demo_2d as demo
+from toyworld.toy2d import energy_distance, train_2d
 
 
 def test_demo_writes_a_png_and_a_summary(tmp_path, capsys):

@@ -26,7 +26,7 @@ from ddpm.guidance import (
     classifier_guidance,
     classifier_guided_model,
 )
-from ddpm.toy2d_conditional import ConditionalDenoiser, GaussianClusters, labelled_batches
+from toyworld.toy2d_conditional import ConditionalDenoiser, GaussianClusters, labelled_batches
 
 SCHEDULE = NoiseSchedule.from_name("linear")
 MEANS = torch.tensor([[-1.0, 0.5], [1.5, -0.5]], dtype=torch.float64)  # (2, 2)

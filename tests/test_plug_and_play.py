@@ -63,7 +63,7 @@ def test_zero_injection_is_plain_image_to_image_bit_for_bit(sd, inversion, guida
     """With both fractions 0 no step injects, so no step runs the source branch: each is
     ``predict_noise`` on [uncond, cond] (or cond alone at s = 1) and Eq. 12, as in ``denoise``."""
     cond, uncond = sd.encode_prompts([TARGET]), sd.encode_prompts([NEGATIVE])
-    z_T = inversion.latents[int(sd.timesteps(STEPS)[0])]
+    z_T = inversion.latents.at(int(sd.timesteps(STEPS)[0]))
     plain = sd.denoise(z_T, cond, uncond if guidance != 1 else None, steps=STEPS, guidance_scale=guidance,
                        progress=False)
     kwargs = dict(negative_prompt=NEGATIVE, guidance_scale=guidance, progress=False)
@@ -75,22 +75,22 @@ def test_zero_injection_is_plain_image_to_image_bit_for_bit(sd, inversion, guida
 
 
 def test_inversion_keeps_z_t_at_the_sampling_timesteps(sd, inversion):
-    """``latents[t]`` is the inversion's latent at timestep t (``sd.invert`` lists them from z_0 up),
-    for every timestep of the ``steps``-step sampler and no other, and ``latents[-1]`` is z_0; with
+    """``latents.at(t)`` is the inversion's latent at timestep t (``sd.invert`` lists them from z_0 up),
+    for every timestep of the ``steps``-step sampler and no other, and ``latents.at(-1)`` is z_0; with
     twice the inversion steps the kept latents are every other one of that finer trajectory
     (t = 1 + 50 m is its entry m + 1)."""
     timesteps = sd.timesteps(STEPS).tolist()  # 901, 801, ..., 1
     empty = sd.encode_prompts([""])
     trajectory = sd.invert(inversion.z0, empty, steps=STEPS, progress=False)  # [z_0, z_1, z_101, ..., z_901]
-    assert sorted(inversion.latents) == [-1] + sorted(timesteps) and inversion.inversion_steps == STEPS
-    assert torch.equal(inversion.latents[-1], trajectory[0])
+    assert list(inversion.latents.timesteps) == [-1] + sorted(timesteps) and inversion.inversion_steps == STEPS
+    assert torch.equal(inversion.latents.at(-1), trajectory[0])
     for i, t in enumerate(timesteps):
-        assert torch.equal(inversion.latents[t], trajectory[STEPS - i]), f"step {i}, t = {t}"
+        assert torch.equal(inversion.latents.at(t), trajectory[STEPS - i]), f"step {i}, t = {t}"
     fine = invert_guidance_image(sd, inversion.z0, steps=STEPS, inversion_steps=2 * STEPS, progress=False)
     finer = sd.invert(inversion.z0, empty, steps=2 * STEPS, progress=False)  # t = 1, 51, 101, ..., 951
-    assert sorted(fine.latents) == [-1] + sorted(timesteps) and fine.inversion_steps == 2 * STEPS
+    assert list(fine.latents.timesteps) == [-1] + sorted(timesteps) and fine.inversion_steps == 2 * STEPS
     for i, t in enumerate(timesteps):
-        assert torch.equal(fine.latents[t], finer[2 * STEPS - 1 - 2 * i]), f"step {i}, t = {t}"
+        assert torch.equal(fine.latents.at(t), finer[2 * STEPS - 1 - 2 * i]), f"step {i}, t = {t}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,7 +191,7 @@ def test_the_source_branch_is_the_inverted_latent_at_the_same_timestep(sd, inver
     for i, t in enumerate(sd.timesteps(STEPS).tolist()[:8]):
         recorder = RecordingEditor(probs=False, keep=True)
         with torch.no_grad():
-            sd.unet(inversion.latents[t].expand(3, -1, -1, -1), t, empty, recorder)
+            sd.unet(inversion.latents.at(t).expand(3, -1, -1, -1), t, empty, recorder)
         before = [r.site for r in recorder.records].index(log.sites.feature)  # records ahead of the feature site's
         feature = recorder.tensors[sum(len(r.shapes) for r in recorder.records[:before])]  # (3, C, H, W)
         assert torch.equal(log.kept[i], feature[0]), f"step {i}, t = {t}"
@@ -322,14 +322,14 @@ def test_grey_rgba_and_odd_sized_images_are_handled(sd, tmp_path):
     as_rgb = png(tmp_path / "grey_rgb.png", np.repeat(grey[:, :, None], 3, axis=2))
     a = invert_guidance_image(sd, png(tmp_path / "grey.png", grey, "L"), steps=2, progress=False)
     b = invert_guidance_image(sd, as_rgb, steps=2, progress=False)
-    assert all(torch.equal(a.latents[t], b.latents[t]) for t in b.latents)
+    assert all(torch.equal(x, y) for x, y in zip(a.latents, b.latents))
 
     rgba = rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)
     x = rgba.astype(np.float32) / 255  # (64, 64, 4) in [0, 1]
     on_white = x[:, :, :3] * x[:, :, 3:] + (1 - x[:, :, 3:])  # (64, 64, 3): alpha rgb + (1 - alpha) white
     a = invert_guidance_image(sd, png(tmp_path / "rgba.png", rgba, "RGBA"), steps=2, progress=False)
     b = invert_guidance_image(sd, torch.from_numpy(on_white).permute(2, 0, 1)[None], steps=2, progress=False)
-    assert all(torch.equal(a.latents[t], b.latents[t]) for t in b.latents)
+    assert all(torch.equal(x, y) for x, y in zip(a.latents, b.latents))
 
     odd = png(tmp_path / "odd.png", rng.integers(0, 256, (70, 99, 3), dtype=np.uint8))
     with pytest.warns(UserWarning, match=r"is 99x70 \(width x height\); centre-cropped to 96x64"):

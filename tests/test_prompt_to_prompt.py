@@ -16,7 +16,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editing.attention_store import AttentionStore, select_sites
+from editing.attention_store import AttentionStore
+from unet.editor import select_sites
 from editing.prompt_to_prompt import (LocalBlend, PromptToPrompt, cross_replace_alphas, nearest_size,
                                       prompt_to_prompt, step_window, word_alphas)
 from editing.token_maps import equalizer, refinement_map, replacement_map

@@ -547,7 +547,7 @@ def test_demo_figures_take_the_format_of_their_extension_and_the_umask(tmp_path)
     from matplotlib.figure import Figure
     from PIL import Image
 
-    from ddpm.demo import save_figure
+    from toyworld.demo_2d import save_figure
 
     fig = Figure(figsize=(2, 2))
     fig.add_subplot().plot([0, 1], [1, 0])

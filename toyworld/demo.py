@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ddpm.demo import save_figure
+from toyworld.demo_2d import save_figure
 from ldm.generate import output_problem, seed_value
 from ddpm.parameterization import eps_to_x0
 from ldm.pipeline import StableDiffusion

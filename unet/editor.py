@@ -33,6 +33,7 @@ the prefix of its weights: ``up_blocks.1.attentions.0.transformer_blocks.0.attn2
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable, Sequence
 
 import torch
 
@@ -75,6 +76,47 @@ class Site:
     def resolution(self, latent_height: int, latent_width: int) -> tuple[int, int]:
         """The (H, W) of this site's feature map for a latent of the given size."""
         return latent_height // self.downsample, latent_width // self.downsample
+
+
+# ----------------------------------------------------------------------------------------------
+# Site geometry. Resolutions are named relative to the latent, so one setting means the same on SD
+# and on a toy model: a site with ``downsample`` d has a map of side (latent side) / d, a *size* of
+# 1/d. SD v1 at a 64x64 latent has sizes 1, 1/2, 1/4 and, in the middle block, 1/8.
+
+
+def site_size(site: Site) -> float:
+    """A site's map side as a fraction of the latent side: 1 / downsample."""
+    return 1.0 / site.downsample
+
+
+def check_size(name: str, size: float) -> float:
+    """A resolution written as a fraction of the latent side: a number in (0, 1]."""
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or not 0 < size <= 1:
+        raise ValueError(f"{name} must be a fraction of the latent side in (0, 1] (1/4 = 16x16 of a 64x64 latent), "
+                         f"got {size!r}")
+    return float(size)
+
+
+def check_locations(locations: Iterable[str]) -> tuple[str, ...]:
+    locations = tuple(locations) if not isinstance(locations, str) else (locations,)
+    if not locations or any(loc not in LOCATIONS for loc in locations):
+        raise ValueError(f"locations must be a non-empty subset of {LOCATIONS}, got {locations!r}")
+    return locations
+
+
+def select_sites(sites: Sequence[Site], kind: str, max_size: float = 1.0,
+                 locations: Iterable[str] = LOCATIONS) -> list[Site]:
+    """The attention sites of ``kind`` ("self" or "cross") in ``locations`` whose map side is at
+    most ``max_size`` times the latent side, in the U-Net's order.
+
+    ``select_sites(unet.sites, "self", max_size=1/4)`` is Prompt-to-Prompt's "self-attention at
+    16x16 and below" on SD v1 (64x64 latents): down_blocks.2 (two), the middle block, up_blocks.1
+    (three).
+    """
+    if kind not in ("self", "cross"):
+        raise ValueError(f"kind must be 'self' or 'cross', got {kind!r}")
+    locations = check_locations(locations)
+    return [s for s in sites if s.kind == kind and s.location in locations and site_size(s) <= max_size]
 
 
 class Editor:

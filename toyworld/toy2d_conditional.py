@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ddpm.forward import q_sample
+from ddpm.schedule import NoiseSchedule
+from ddpm.training import train
 from unet.embeddings import timestep_embedding
 
-from .forward import q_sample
-from .schedule import NoiseSchedule
 from .toy2d import TinyDenoiser
-from .training import train
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,10 @@ import math
 import torch
 from torch import nn
 
+from ddpm.checks import check_choice
+from ddpm.schedule import NoiseSchedule
+from ddpm.training import train
 from unet.embeddings import timestep_embedding
-
-from .checks import check_choice
-from .schedule import NoiseSchedule
-from .training import train
 
 DATASETS = ("moons", "swissroll", "gaussians")
 

@@ -1,6 +1,6 @@
 """``make demo``: DDPM and DDIM end to end on a 2-D toy problem, in about half a minute on a CPU.
 
-    python -m ddpm.demo --out outputs/demo_2d.png [--steps 1600] [--seed 0]
+    python -m toyworld.demo_2d --out outputs/demo_2d.png [--steps 1600] [--seed 0]
 
 1. trains a ``TinyDenoiser`` on the two-moons data with L_simple (Ho et al. 2020, Eq. 14);
 2. samples with the DDPM ancestral sampler, all 1000 steps (Algorithm 2);
@@ -21,8 +21,8 @@ import torch
 from matplotlib.figure import Figure  # a bare Figure draws to a file with no display and no pyplot state
 
 from ddim import ddim_invert, ddim_sample
+from ddpm.reverse import MAX_SEED, ddpm_sample
 
-from .reverse import MAX_SEED, ddpm_sample
 from .toy2d import energy_distance, sample_2d, train_2d
 
 NUM_SAMPLES = 1000  # points drawn by each sampler
@@ -83,7 +83,7 @@ def run(out: Path, steps: int, seed: int, progress: bool = True) -> dict[str, fl
 
 def save_figure(fig: Figure, out: Path, dpi: int = 100) -> None:
     """Write the figure atomically (weights/atomic.py), in the format of ``out``'s extension."""
-    from weights.atomic import write_with  # imported here: the maths package does not need weights/ otherwise
+    from weights.atomic import write_with
 
     write_with(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lstrip(".").lower(), dpi=dpi))
 
@@ -102,7 +102,7 @@ def _int_at_least(minimum: int, expected: str, maximum: int | None = None):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ddpm.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m toyworld.demo_2d", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/demo_2d.png"), help="the PNG to write")
     parser.add_argument("--steps", type=_int_at_least(1, "a positive integer"), default=1600,
                         help="training steps (default 1600)")
