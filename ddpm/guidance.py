@@ -84,7 +84,7 @@ def classifier_gradient(classifier: Classifier, x_t: torch.Tensor, t: torch.Tens
         if int(y.min()) < 0 or int(y.max()) >= logits.shape[1]:
             raise ValueError(f"class indices must lie in [0, {logits.shape[1] - 1}], "
                              f"got values in [{int(y.min())}, {int(y.max())}]")
-        log_prob = torch.log_softmax(logits, dim=1).broadcast_to_batch(1, y[:, None].to(logits.device))  # (B, 1)
+        log_prob = torch.log_softmax(logits, dim=1).gather(1, y[:, None].to(logits.device))  # (B, 1)
         (grad,) = torch.autograd.grad(log_prob.sum(), x)  # (B, ...) like x_t
     return grad.detach()
 

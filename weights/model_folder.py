@@ -23,6 +23,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from ddpm.schedule import NoiseSchedule
 from ldm.clip_text import CLIPTextModel
 from ldm.clip_tokenizer import CLIPTokenizer
 from ldm.tokenizer import PromptTokenizer, WordTokenizer
@@ -47,6 +48,14 @@ SD_V1_SCHEDULE = {  # the training schedule of SD v1 (v1-inference.yaml; diffuse
     "steps_offset": 1,
 }
 SD_V1_IMAGE_SIZE = 512  # SD v1 was trained (and samples best) at 512 x 512
+
+
+def schedule_from_settings(settings: dict[str, Any]) -> tuple[NoiseSchedule, int, str]:
+    """A manifest's ``scheduler`` dict -> (training schedule, steps_offset, timestep spacing)."""
+    name = settings.get("beta_schedule", "scaled_linear")
+    kwargs = {k: settings[k] for k in ("beta_start", "beta_end") if k in settings and name != "cosine"}
+    schedule = NoiseSchedule.from_name(name, settings.get("num_train_timesteps", 1000), **kwargs)
+    return schedule, int(settings.get("steps_offset", 1)), settings.get("timestep_spacing", "leading")
 
 
 def tokenizer_kind(tokenizer: PromptTokenizer | None) -> str | None:
