@@ -32,28 +32,17 @@ command prints where it wrote.
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import sys
 from pathlib import Path
-from typing import Callable
 
-from PIL import Image, ImageDraw, ImageFont
-
-from ldm.generate import device_name, finite_float, output_problem, positive_int, save_atomically, seed_value
+from ldm.command_line import (captioned_grid, device_name, finite_float, fraction, load_model, output_problem,
+                              positive_int, save_atomically, seed_value, stack_figures)
 
 MODES = ("replace", "refine", "reweight")
 INVERSIONS = ("null-text", "negative-prompt")
 
 
 # ---------------------------------------------------------------------------------- argument types
-def fraction(text: str) -> float:
-    value = finite_float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction of the steps in [0, 1], got {text}")
-    return value
-
-
 def window(text: str, sep: str = ",") -> float | tuple[float, float]:
     """"F" -> F (the first F of the steps); "A<sep>B" -> (A, B) with A <= B."""
     parts = text.split(sep)
@@ -126,56 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------------- figures
-def wrap(text: str, font: ImageFont.ImageFont, width: float) -> list[str]:
-    """Words of ``text`` in lines no wider than ``width`` pixels (a longer word gets a line of its own)."""
-    lines: list[str] = []
-    for word in text.split():
-        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
-            lines[-1] = f"{lines[-1]} {word}"
-        else:
-            lines.append(word)
-    return lines
-
-
-def captioned_grid(images: list[Image.Image], captions: list[str]) -> Image.Image:
-    """One row of same-sized panels, each with its caption wrapped beneath it.
-
-    The panels sit at (k W, 0) exactly as they came (no resampling); the captions take a white band
-    under them, its height the longest caption's. The font scales with the panel: 9 px at 64 px.
-    """
-    if len(images) != len(captions) or not images:
-        raise ValueError(f"expected one caption per image, got {len(images)} images and {len(captions)} captions")
-    sizes = {im.size for im in images}
-    if len(sizes) != 1:
-        raise ValueError(f"expected images of one size, got {sorted(sizes)}")
-    (w, h), margin = images[0].size, max(2, images[0].width // 32)
-    font = ImageFont.load_default(size=max(9, w // 20))
-    ascent, descent = font.getmetrics()
-    lines = [wrap(c, font, w - 2 * margin) for c in captions]
-    band = max(map(len, lines)) * (ascent + descent) + 2 * margin
-    grid = Image.new("RGB", (len(images) * w, h + band), "white")
-    draw = ImageDraw.Draw(grid)
-    for k, (image, text) in enumerate(zip(images, lines)):
-        grid.paste(image.convert("RGB"), (k * w, 0))
-        for n, line in enumerate(text):
-            draw.text((k * w + w / 2, h + margin + n * (ascent + descent)), line, fill="black", font=font, anchor="ma")
-    return grid
-
-
-def stack_figures(figures) -> Image.Image:
-    """Matplotlib figures rendered to PNG and stacked top to bottom, left-aligned, on white."""
-    rows = []
-    for fig in figures:
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", facecolor="white")
-        buffer.seek(0)
-        rows.append(Image.open(buffer).convert("RGB"))
-    stacked = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
-    for n, row in enumerate(rows):
-        stacked.paste(row, (0, sum(r.height for r in rows[:n])))
-    return stacked
-
-
 # ---------------------------------------------------------------------------------- the command
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Everything that needs no file but the ones named; errors exit with status 2."""
@@ -228,29 +167,6 @@ def check_prompts(parser: argparse.ArgumentParser, args: argparse.Namespace, tok
             word_alphas(tokenizer, args.prompts, blend)
     except ValueError as e:
         parser.error(str(e))
-
-
-def load_model(weights: Path, device: str, check: Callable[[dict, object], None]):
-    """The model folder's pipeline, after ``check(manifest, tokenizer)`` has vetted the arguments
-    against the cheap parts (it calls ``parser.error``, exit 2, on bad ones); a folder that is no
-    model, or whose networks do not load, prints its error and gives None (the CLIs exit with 2)."""
-    from ldm.pipeline import StableDiffusion
-    from weights.io import WeightsFileError
-    from weights.model_folder import load_tokenizer, read_manifest
-
-    load_errors = (ValueError, FileNotFoundError, WeightsFileError, json.JSONDecodeError)
-    try:
-        manifest = read_manifest(weights)  # a folder that is no model is named as such, before its tokenizer
-        tokenizer = load_tokenizer(weights)
-    except load_errors as e:
-        print(f"error: {e}", file=sys.stderr)
-        return None
-    check(manifest, tokenizer)
-    try:
-        return StableDiffusion.from_folder(weights, device=device)
-    except load_errors as e:
-        print(f"error: {e}", file=sys.stderr)
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:

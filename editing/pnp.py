@@ -35,10 +35,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from ldm.command_line import (captioned_grid, device_name, finite_float, fraction, load_model, output_problem,
+                              positive_int, save_atomically, seed_value)
 
-from ldm.generate import device_name, finite_float, output_problem, positive_int, save_atomically, seed_value
-
-from .p2p import captioned_grid, fraction, load_model
 from .plug_and_play import DEFAULT_NEGATIVE
 
 DEFAULT_STRENGTHS = (0.3, 0.5, 0.7)  # SDEdit in --figure: little change, then more freedom and less layout

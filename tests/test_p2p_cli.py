@@ -18,7 +18,8 @@ from PIL import Image
 from editing.attention_maps import token_heatmaps
 from editing.attention_store import AttentionStore
 from editing.null_text import negative_prompt_inversion, null_text_inversion
-from editing.p2p import captioned_grid, cross_window, main, stack_figures, window, wrap
+from editing.p2p import cross_window, main, window
+from ldm.command_line import captioned_grid, stack_figures, wrap
 from editing.prompt_to_prompt import prompt_to_prompt
 from ldm.images import load_image, to_pil
 from ldm.pipeline import StableDiffusion

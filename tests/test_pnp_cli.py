@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from editing.p2p import captioned_grid
+from ldm.command_line import captioned_grid
 from editing.plug_and_play import DEFAULT_NEGATIVE, invert_guidance_image, plug_and_play, sdedit
 from editing.pnp import DEFAULT_STRENGTHS, main
 from ldm.images import load_image, to_pil

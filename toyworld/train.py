@@ -48,7 +48,7 @@ from tqdm import tqdm
 from ddpm.schedule import NoiseSchedule
 from ddpm.training import diffusion_loss
 from ldm.clip_text import CLIPTextModel
-from ldm.generate import device_name
+from ldm.command_line import device_name
 from ldm.vae import AutoencoderKL
 from unet.model import UNet
 from weights.clip_loading import save_text_encoder
