@@ -322,3 +322,10 @@ def test_clip_loss_is_the_symmetric_cross_entropy():
     assert retrieval_accuracy(logits) == 1.0
     with pytest.raises(ValueError, match="square"):
         clip_loss(torch.zeros(2, 3))
+
+
+def test_the_design_study_shows_the_table_of_its_records():
+    """Every figure of toyworld/STUDY.md's comparison table comes from the records beside it."""
+    from toyworld.study import RECORDS, study_columns, table
+
+    assert table(study_columns()) in (RECORDS.parent / "STUDY.md").read_text()

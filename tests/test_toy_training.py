@@ -131,7 +131,7 @@ def test_two_processes_with_half_batches_take_the_one_process_step(tmp_path):
 
     The two runs sum the batch's per-item losses in another order, so gradients differ by float
     rounding (~1e-7 relative); Adam's first steps divide by sqrt(v), which keeps such errors at
-    about lr x 1e-6 per step. Measured max |dW| over all weights after 3 steps: 3.2e-7;
+    about lr x 1e-6 per step. Measured max |dW| over all weights after 3 steps: 2.1e-7;
     bound 1e-5 = lr / 100, far below one Adam step (lr = 1e-3 per weight), so a shard that saw the
     wrong items or gradients that were not averaged (each an O(lr) change) fails."""
     import torch.multiprocessing as mp

@@ -10,11 +10,16 @@ The design study of the second toy model (toyworld/STUDY.md) compares recipes by
     VAE           reconstruction PSNR of fresh renders
 
 ``--quick`` runs fewer cases and steps (for short study runs); the full sizes are the defaults.
+
+``python -m toyworld.study --table`` prints the comparison table of toyworld/STUDY.md from the
+records in toyworld/study/ (``NAME.json`` and ``NAME-train.log`` for each NAME of
+``STUDY_RECORDS``); tests/test_scenes.py checks that STUDY.md shows exactly that table.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -48,14 +53,80 @@ def vae_psnr(sd, n: int = 64) -> float:
     return float((10 * torch.log10(1 / mse)).mean())
 
 
+SWAP_METHODS = ("baseline", "p2p", "p2p, self at <= 16x16 px")
+
+
+def final_loss(log: Path) -> float:
+    """The last "diffusion step N/N: loss (mean of the last 10 steps) L" of a training log."""
+    found = re.findall(r"diffusion step (\d+)/(\d+): loss \(mean of the last 10 steps\) ([0-9.]+)", log.read_text())
+    done = [float(loss) for step, total, loss in found if step == total]
+    if not done:
+        raise ValueError(f"{log} has no finished diffusion run")
+    return done[-1]
+
+
+def table(columns: dict[str, tuple[dict, Path | None]]) -> str:
+    """STUDY.md's table: one column per record (name -> (record, its training log or None))."""
+    def swaps(record: dict, key: str, field: str) -> str:
+        return " / ".join(f"{record['swaps'][f'{key}, {m}'][field]:.2f}" for m in SWAP_METHODS)
+
+    def maps(record: dict, size: str) -> str:
+        a = record["attention"][size]
+        return f"{a['concentration']:.2f} / {a['own_over_other']:.0%} / {a['iou']:.2f}"
+
+    rows = {
+        "diffusion steps of 64 latents": lambda r, log: str(r.get("diffusion_steps", "")),
+        "final diffusion loss (mean of 10 steps)": lambda r, log: f"{final_loss(log):.4f}" if log else "",
+        "generation, every attribute right: 1 / 2 / 3 objects":
+            lambda r, log: " / ".join(f"{r['generation'][k]:.0%}" for k in ("1", "2", "3")),
+        "word maps at 8x8 (1/2 of the latent): concentration / own > other / IoU": lambda r, log: maps(r, "0.5"),
+        "word maps at 4x4 (1/4): concentration / own > other / IoU": lambda r, log: maps(r, "0.25"),
+        "attention mass at 4x4: bos / words / eos / padding": lambda r, log: " / ".join(
+            f"{r['attention']['0.25'][f'share_{k}']:.2g}" for k in ("bos", "words", "eos", "padding")),
+        "colour swap, one object: edited mask IoU baseline / P2P / P2P with self-attention at every map":
+            lambda r, log: swaps(r, "colour 1 obj", "edited_mask_iou"),
+        "colour swap, two objects: edited IoU; other object's IoU (baseline / P2P / P2P + all self)":
+            lambda r, log: swaps(r, "colour 2 obj", "edited_mask_iou") + "; " + swaps(r, "colour 2 obj", "other_mask_iou"),
+        "shape swap, one object: box IoU baseline / P2P / P2P + all self":
+            lambda r, log: swaps(r, "shape 1 obj", "edited_box_iou"),
+        "shape swap, two objects: box IoU; other object's IoU":
+            lambda r, log: swaps(r, "shape 2 obj", "edited_box_iou") + "; " + swaps(r, "shape 2 obj", "other_mask_iou"),
+    }
+    lines = ["| measure | " + " | ".join(f"`{name}`" for name in columns) + " |",
+             "| --- |" + " --- |" * len(columns)]
+    for label, cell in rows.items():
+        lines.append(f"| {label} | " + " | ".join(cell(r, log) for r, log in columns.values()) + " |")
+    return "\n".join(lines)
+
+
+RECORDS = Path(__file__).with_name("study")
+STUDY_RECORDS = ("toy2-joint-3000", "toy2-frozen-3000")  # the table's columns, in order
+
+
+def study_columns(names: tuple[str, ...] = STUDY_RECORDS) -> dict[str, tuple[dict, Path | None]]:
+    """{NAME: (record, training log)} from toyworld/study/."""
+    columns = {}
+    for name in names:
+        log = RECORDS / f"{name}-train.log"
+        columns[name] = (json.loads((RECORDS / f"{name}.json").read_text()), log if log.exists() else None)
+    return columns
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--weights", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--weights", type=Path)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--diffusion-steps", type=int, help="how long the model trained (written into the record)")
+    p.add_argument("--table", action="store_true", help="print STUDY.md's table from the records")
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--quick", action="store_true", help="fewer cases and 25 steps")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    if args.table:
+        print(table(study_columns()))
+        return 0
+    if args.weights is None or args.out is None:
+        p.error("--weights and --out are required (or --table)")
     torch.set_num_threads(args.threads)
     from ldm import StableDiffusion
 
@@ -63,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = 25 if args.quick else 50
     n_gen, n_attn, n_swap = (48, 48, 16) if args.quick else (400, 200, 30)
     report, t0 = {"weights": str(args.weights), "steps": steps, "guidance": args.guidance}, time.time()
+    if args.diffusion_steps:
+        report["diffusion_steps"] = args.diffusion_steps
     report["vae_psnr"] = vae_psnr(sd)
     report["generation"] = {k: generation(sd, n_gen, k, steps, args.guidance) for k in (1, 2, 3)}
     print("generation", report["generation"], flush=True)
