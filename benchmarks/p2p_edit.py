@@ -54,7 +54,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from editing.attention_store import AttentionStore  # noqa: E402
-from editing.prompt_to_prompt import PromptToPrompt, prompt_to_prompt  # noqa: E402
+from editing.prompt_to_prompt import LocalBlend, PromptToPrompt, prompt_to_prompt  # noqa: E402
 from ldm.pipeline import StableDiffusion  # noqa: E402
 from unet.editor import Editor  # noqa: E402
 
@@ -96,7 +96,7 @@ class StepClock(Editor):
 
 def edit_kwargs(name: str, batch: int, blend: list[str]) -> dict:
     """The editor options of one row (a fresh store each run)."""
-    return {"replace": {}, "+ blend": {"blend_words": blend}, "+ store": {"store": AttentionStore(batch)}}[name]
+    return {"replace": {}, "+ blend": {"blend": LocalBlend(blend)}, "+ store": {"store": AttentionStore(batch)}}[name]
 
 
 def probs_profile(sd: StableDiffusion, editor: PromptToPrompt, steps: int) -> tuple[float, float, list[frozenset]]:

@@ -57,7 +57,7 @@ def swap_table(sd: StableDiffusion, args: argparse.Namespace, attribute: str) ->
     summaries = {}
     for name, (method, blend) in ROWS.items():
         start = time.perf_counter()
-        scores = evaluate_edits(sd, cases, method, blend=blend, guidance_scale=args.guidance, steps=args.steps,
+        scores = evaluate_edits(sd, cases, method, blend_swap=blend, guidance_scale=args.guidance, steps=args.steps,
                                 progress=False)
         seconds = (time.perf_counter() - start) / len(cases)
         s = summaries[name] = scores.summary()

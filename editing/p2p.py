@@ -12,7 +12,9 @@ two modes also accept). ``--blend WORD ...`` turns on local blending around thos
 When the injections run, as fractions of the steps: ``--cross-steps 0.8`` (the first 80%),
 ``0.2,0.8`` (from 20% to 80%) or per word, ``default=0.8,circle=0.4`` or ``circle=0.1:0.5``;
 ``--self-steps`` takes a fraction or a pair; ``--self-size`` the largest self-attention map
-injected, as a fraction of the latent side (0.25: SD's 16x16 of 64x64).
+injected, as a fraction of the latent side (0.25: SD's 16x16 of 64x64). These flags and the
+``--blend-*`` ones are the fields of :class:`editing.prompt_to_prompt.Injection` and
+:class:`~editing.prompt_to_prompt.LocalBlend`, read from them: the defaults and help are theirs.
 
 A real image: ``--image photo.png`` with the source prompt describing it. The image is inverted
 (``--inversion null-text``, the default, or ``negative-prompt``; :mod:`editing.null_text`) at the
@@ -33,10 +35,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 from ldm.command_line import (captioned_grid, device_name, finite_float, fraction, load_model, output_problem,
                               positive_int, save_atomically, seed_value, stack_figures)
+
+from .prompt_to_prompt import Injection, LocalBlend, Refinement, Reweight, WordSwap
 
 MODES = ("replace", "refine", "reweight")
 INVERSIONS = ("null-text", "negative-prompt")
@@ -77,6 +82,13 @@ def size_fraction(text: str) -> float:
     return value
 
 
+def threshold(text: str) -> float:
+    value = finite_float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a threshold in [0, 1), got {text}")
+    return value
+
+
 def word_scale(text: str) -> tuple[str, float]:
     """"WORD=SCALE" -> (WORD, SCALE)."""
     word, eq, scale = text.partition("=")
@@ -88,6 +100,32 @@ def word_scale(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected WORD=NUMBER, got {text!r}") from None
 
 
+# How each kind of field (``option(..., kind, ...)`` in editing/prompt_to_prompt.py) is read.
+KINDS = {"cross-window": cross_window, "window": window, "size": size_fraction, "fraction": fraction,
+         "threshold": threshold}
+METAVARS = {"cross-window": "WINDOW", "window": "F|START,END", "size": "FRACTION", "fraction": "FRACTION",
+            "threshold": "FRACTION"}
+
+
+def add_options(parser: argparse.ArgumentParser, options: type) -> None:
+    """A flag for every field of the options class ``options``, with its help and default; a flag
+    left out is None, so the class's own default applies."""
+    for f in fields(options):
+        flag, kind, text = f.metadata["flag"], f.metadata["kind"], f.metadata["help"]
+        dest = f"{options.__name__}.{f.name}"
+        if kind == "words":
+            parser.add_argument(flag, dest=dest, nargs="+", metavar="WORD", help=text)
+        else:
+            default = "" if f.default is MISSING or f.default is None else f" (default {f.default:g})"
+            parser.add_argument(flag, dest=dest, type=KINDS[kind], metavar=METAVARS[kind], help=text + default)
+
+
+def given_options(args: argparse.Namespace, options: type) -> dict:
+    """The fields of ``options`` the command line set, {name: value}."""
+    values = {f.name: getattr(args, f"{options.__name__}.{f.name}") for f in fields(options)}
+    return {name: value for name, value in values.items() if value is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m editing.p2p", description=__doc__.split("\n")[0])
     p.add_argument("--weights", required=True, type=Path, help="a model folder written by python -m weights.convert")
@@ -95,12 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=MODES, default="replace", help="default replace")
     p.add_argument("--reweight", nargs="+", type=word_scale, metavar="WORD=SCALE",
                    help="scale these words' attention in the targets (required by --mode reweight)")
-    p.add_argument("--blend", nargs="+", metavar="WORD", help="local blending: edit only around these words")
-    p.add_argument("--cross-steps", type=cross_window, default=0.8,
-                   help="cross-attention injection: F, START,END or WORD=F / WORD=START:END items (default 0.8)")
-    p.add_argument("--self-steps", type=window, default=0.4, help="self-attention injection: F or START,END (default 0.4)")
-    p.add_argument("--self-size", type=size_fraction, default=0.25,
-                   help="largest self-attention map injected, a fraction of the latent side (default 0.25)")
+    for options in (Injection, LocalBlend):
+        add_options(p, options)
     p.add_argument("--seed", type=seed_value, help="seed of the starting noise (default 0; not with --image)")
     p.add_argument("--steps", type=positive_int, default=50, help="sampling steps (default 50)")
     p.add_argument("--guidance", type=finite_float, default=7.5,
@@ -130,6 +164,14 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         repeated = sorted({w for w in words if words.count(w) > 1})
         if repeated:
             parser.error(f"--reweight names {repeated} more than once")
+    blend = given_options(args, LocalBlend)
+    if blend and "words" not in blend:
+        flags = [f.metadata["flag"] for f in fields(LocalBlend) if f.name in blend]
+        parser.error(f"{' '.join(flags)} {'applies' if len(flags) == 1 else 'apply'} with --blend WORD ... only")
+    try:
+        edit_options(args)  # the options objects check their own values
+    except ValueError as e:
+        parser.error(str(e))
     if args.image is None and args.inversion is not None:
         parser.error("--inversion applies to --image only")
     if args.image is not None and args.seed is not None:
@@ -148,10 +190,12 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 
 def edit_options(args: argparse.Namespace) -> dict:
-    """The keyword arguments of :func:`editing.prompt_to_prompt.prompt_to_prompt` the flags set."""
-    return dict(mode=None if args.mode == "reweight" else args.mode,
-                reweight=dict(args.reweight) if args.reweight else None, cross_replace_steps=args.cross_steps,
-                self_replace_steps=args.self_steps, self_max_size=args.self_size, blend_words=args.blend)
+    """The edit, injection and blend of :func:`editing.prompt_to_prompt.prompt_to_prompt` the flags set."""
+    base = {"replace": WordSwap(), "refine": Refinement(), "reweight": None}[args.mode]
+    edit = Reweight(dict(args.reweight), on=base) if args.reweight else base
+    blend = given_options(args, LocalBlend)
+    return dict(edit=edit, injection=Injection(**given_options(args, Injection)),
+                blend=LocalBlend(**blend) if "words" in blend else None)
 
 
 def check_prompts(parser: argparse.ArgumentParser, args: argparse.Namespace, tokenizer) -> None:
@@ -160,11 +204,11 @@ def check_prompts(parser: argparse.ArgumentParser, args: argparse.Namespace, tok
     from .prompt_to_prompt import PromptToPrompt, word_alphas
 
     options = edit_options(args)
-    blend = options.pop("blend_words")
+    blend = options.pop("blend")
     try:
         PromptToPrompt(args.prompts, tokenizer, (), args.steps, **options)
         if blend is not None:
-            word_alphas(tokenizer, args.prompts, blend)
+            word_alphas(tokenizer, args.prompts, blend.words)
     except ValueError as e:
         parser.error(str(e))
 

@@ -20,7 +20,7 @@ from editing.attention_store import AttentionStore
 from editing.null_text import negative_prompt_inversion, null_text_inversion
 from editing.p2p import cross_window, main, window
 from ldm.command_line import captioned_grid, stack_figures, wrap
-from editing.prompt_to_prompt import prompt_to_prompt
+from editing.prompt_to_prompt import Injection, LocalBlend, Refinement, Reweight, WordSwap, prompt_to_prompt
 from ldm.images import load_image, to_pil
 from ldm.pipeline import StableDiffusion
 from toyworld.model import TOY_GUIDANCE_SCALE
@@ -64,12 +64,15 @@ def pixels(images: torch.Tensor) -> list[np.ndarray]:
 @pytest.mark.parametrize("prompts, flags, options", [
     (PROMPTS, ["--reweight", "big=1.5", "--blend", "circle", "square", "--cross-steps", "default=0.8,square=0.1:0.5",
                "--self-steps", "0,0.5", "--self-size", "0.5"],
-     dict(mode="replace", reweight={"big": 1.5}, blend_words=["circle", "square"],
-          cross_replace_steps={"default": 0.8, "square": (0.1, 0.5)}, self_replace_steps=(0.0, 0.5),
-          self_max_size=0.5)),
+     dict(edit=Reweight({"big": 1.5}, on=WordSwap()), blend=LocalBlend(["circle", "square"]),
+          injection=Injection(cross_replace_steps={"default": 0.8, "square": (0.1, 0.5)},
+                              self_replace_steps=(0.0, 0.5), self_max_size=0.5))),
     (["a red circle", "a red square"], ["--mode", "reweight", "--reweight", "red=3", "square=-1"],
-     dict(mode=None, reweight={"red": 3.0, "square": -1.0})),
-    (["a circle", "a small green circle"], ["--mode", "refine"], dict(mode="refine")),  # replace would refuse these
+     dict(edit=Reweight({"red": 3.0, "square": -1.0}))),
+    (["a circle", "a small green circle"], ["--mode", "refine"], dict(edit=Refinement())),  # replace would refuse these
+    (PROMPTS[:2], ["--blend", "circle", "--blend-start", "0", "--blend-threshold", "0.9", "--blend-size", "1",
+                   "--blend-dilation", "0"],
+     dict(blend=LocalBlend(["circle"], start=0.0, threshold=0.9, size=1.0, dilation=0.0))),
 ])
 def test_cli_grid_holds_prompt_to_prompts_images(prompts, flags, options, sd, tmp_path, capsys):
     out = tmp_path / "out" / "edit.png"
@@ -79,7 +82,7 @@ def test_cli_grid_holds_prompt_to_prompts_images(prompts, flags, options, sd, tm
                             **options).images  # (B, 3, 64, 64)
     for k, (got, expected) in enumerate(zip(panels(out, len(prompts)), pixels(want))):
         assert np.array_equal(got, expected), f"panel {k} differs from prompt_to_prompt's image {k}"
-    if options["mode"] != "refine":  # the flags matter: with the defaults the edits come out differently
+    if options.get("edit") != Refinement():  # the flags matter: with the defaults the edits come out differently
         plain = prompt_to_prompt(sd, prompts, guidance_scale=TOY_GUIDANCE_SCALE, steps=10, seed=3,
                                  progress=False).images
         assert any(not np.array_equal(a, b) for a, b in zip(pixels(plain)[1:], pixels(want)[1:]))
@@ -166,6 +169,9 @@ LONG = " ".join(["a", "big", "red", "circle"] * 20)  # 80 words, one token each:
     (["--reweight", "red=2", "red=3"], "--reweight names ['red'] more than once"),
     (["--mode", "reweight"], "--mode reweight needs --reweight WORD=SCALE"),
     (["--blend", "square"], "blend word 'square' is in none of the prompts"),
+    (["--blend-start", "0.5"], "--blend-start applies with --blend WORD ... only"),
+    (["--blend-size", "0.5", "--blend-dilation", "0"], "--blend-size --blend-dilation apply with --blend WORD ... only"),
+    (["--blend", "circle", "--blend-threshold", "1"], "argument --blend-threshold: expected a threshold in [0, 1), got 1"),
     (["--prompts", LONG, LONG], "has 80 tokens, but a 77-token row holds at most 75"),
     (["--prompts", "a red dog", "a blue dog"], "unknown word 'dog'"),
     (["--cross-steps", "0.9,0.1"], "argument --cross-steps: expected START <= END, got '0.9,0.1'"),

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import torch
 
+from editing.prompt_to_prompt import Injection, LocalBlend
 from ldm.pipeline import StableDiffusion
 from toyworld.analyze import analyze, mask_iou
 from toyworld.edit_eval import (BACKGROUND_KEPT, EditCase, EditScores, background_change, box_iou, dilate,
@@ -130,9 +131,11 @@ def test_bad_evaluations_are_refused_before_sampling(sd):
         (dict(cases=cases, method="sdedit"), r"method must be one of \('baseline', 'p2p'\), got 'sdedit'"),
         (dict(cases=[], method="p2p"), r"cases must be a non-empty list of EditCase, got \[\]"),
         (dict(cases=[real], method="p2p"), "every case needs a sampling seed"),
-        (dict(cases=cases, method="baseline", blend=True), r"the baseline samples without an editor; .*\['blend'\]"),
-        (dict(cases=cases, method="baseline", cross_replace_steps=1.0), r"editing options \['cross_replace_steps'\]"),
-        (dict(cases=cases, method="p2p", blend_words=["circle"]), "blend_words are each case's swapped words"),
+        (dict(cases=cases, method="baseline", blend_swap=True),
+         r"the baseline samples without an editor; .*\['blend_swap'\]"),
+        (dict(cases=cases, method="baseline", injection=Injection(cross_replace_steps=1.0)),
+         r"editing options \['injection'\]"),
+        (dict(cases=cases, method="p2p", blend=LocalBlend(["circle"])), "the blend words are each case's swapped words"),
         (dict(cases=cases, method="baseline", batch=0), "batch must be an int >= 1, got 0"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -141,7 +144,7 @@ def test_bad_evaluations_are_refused_before_sampling(sd):
         (dict(inversion="exact"), r"inversion must be one of \('null-text', 'negative-prompt', 'ddim'\), got 'exact'"),
         (dict(n=0), "n must be an int >= 1, got 0"),
         (dict(attribute="position"), "attribute 'position' cannot be swapped"),
-        (dict(blend_words=["red"]), r"blend_words \['red'\]: the swap is chosen here"),
+        (dict(blend=LocalBlend(["red"])), r"blend LocalBlend\(.*\): the swap is chosen here"),
     ]:
         with pytest.raises(ValueError, match=message):
             real_image_edits(sd, **(dict(n=1, seed=UNSEEN_SEED, attribute="shape", progress=False) | kwargs))
@@ -208,7 +211,7 @@ def test_local_blending_keeps_the_background(sd, colour_runs):
     alone and under BACKGROUND_KEPT, and the swap still made in >= 8 of 10 (measured 9: the miss is
     a green object the model drew on blue, asked to turn blue while the blue background is kept)."""
     cases = swap_cases(CASES, SEED, "colour")[:BLEND_CASES]
-    blend = evaluate_edits(sd, cases, "p2p", blend=True, progress=False).summary()
+    blend = evaluate_edits(sd, cases, "p2p", blend_swap=True, progress=False).summary()
     alone = colour_runs["p2p"].values("background_change")[:BLEND_CASES]  # the same cases without blending
     assert blend["background_kept"] >= 0.9, f"with blending: {blend}"
     assert blend["background_change"] < min(alone.mean(), BACKGROUND_KEPT), f"{blend} vs P2P alone {alone}"

@@ -18,8 +18,9 @@ import torch
 
 from editing.attention_store import AttentionStore
 from unet.editor import select_sites
-from editing.prompt_to_prompt import (LocalBlend, PromptToPrompt, cross_replace_alphas, nearest_size,
-                                      prompt_to_prompt, step_window, word_alphas)
+from editing.prompt_to_prompt import (Blending, Injection, LocalBlend, PromptToPrompt, Refinement, Reweight,
+                                      WordSwap, cross_replace_alphas, nearest_size, prompt_to_prompt, step_window,
+                                      word_alphas)
 from editing.token_maps import equalizer, refinement_map, replacement_map
 from ldm.pipeline import StableDiffusion
 from ldm.tokenizer import WordTokenizer
@@ -64,26 +65,27 @@ def plain(sd, prompts, z, editor=None, guidance_scale=7.5):
 # bits
 
 
-@pytest.mark.parametrize("mode", ["replace", "refine"])
-def test_identical_prompts_reproduce_the_plain_sample_bit_for_bit(sd, mode):
+@pytest.mark.parametrize("case", [WordSwap(), Refinement()])
+def test_identical_prompts_reproduce_the_plain_sample_bit_for_bit(sd, case):
     z = start()
-    edit = prompt_to_prompt(sd, [SOURCE, SOURCE], mode=mode, steps=STEPS, latents=z, progress=False,
-                            self_max_size=1.0, blend_words=["circle"])
+    edit = prompt_to_prompt(sd, [SOURCE, SOURCE], case, steps=STEPS, latents=z, progress=False,
+                            injection=Injection(self_max_size=1.0), blend=LocalBlend(["circle"]))
     assert torch.equal(edit.latents[1], edit.latents[0])
     # the plain sample of the same batch, through the same attention kernels
     # (its local blending, with the target equal to the source, moves nothing)
     ref = plain(sd, [SOURCE, SOURCE], z, PassThrough([SOURCE, SOURCE], sd.tokenizer, sd.unet.sites, STEPS,
-                                                     self_max_size=1.0, blend_words=["circle"]))
+                                                     injection=Injection(self_max_size=1.0),
+                                                     blend=LocalBlend(["circle"])))
     assert torch.equal(edit.latents, ref)
 
 
 def test_the_source_is_never_changed(sd):
     z = start(1)
     edit = prompt_to_prompt(sd, [SOURCE, TARGET, "a big red circle on a green background"], steps=STEPS,
-                            latents=z, progress=False, self_max_size=1.0)
+                            latents=z, progress=False, injection=Injection(self_max_size=1.0))
     ref = plain(sd, [SOURCE, TARGET, "a big red circle on a green background"], z,
                 PassThrough([SOURCE, TARGET, "a big red circle on a green background"], sd.tokenizer,
-                            sd.unet.sites, STEPS, self_max_size=1.0))
+                            sd.unet.sites, STEPS, injection=Injection(self_max_size=1.0)))
     assert torch.equal(edit.latents[0], ref[0])
     assert not torch.equal(edit.latents[1], ref[1])  # the target was edited
 
@@ -91,8 +93,8 @@ def test_the_source_is_never_changed(sd):
 def test_an_editor_that_changes_nothing_changes_no_bit(sd):
     z = start(2)
     none = plain(sd, [SOURCE, TARGET], z)
-    idle = PromptToPrompt([SOURCE, TARGET], sd.tokenizer, sd.unet.sites, STEPS, cross_replace_steps=0.0,
-                          self_replace_steps=0.0)
+    idle = PromptToPrompt([SOURCE, TARGET], sd.tokenizer, sd.unet.sites, STEPS,
+                          injection=Injection(cross_replace_steps=0.0, self_replace_steps=0.0))
     assert not any(idle.wants_probs(site) for site in sd.unet.sites)  # the fused kernel everywhere
     assert torch.equal(plain(sd, [SOURCE, TARGET], z, idle), none)
     assert torch.equal(plain(sd, [SOURCE, TARGET], z, Editor()), none)
@@ -110,8 +112,8 @@ def test_the_explicit_softmax_is_close_to_sdpa(sd):
 
 
 def test_all_prompts_start_from_one_latent_the_seeds_randn(sd):
-    edit = prompt_to_prompt(sd, [SOURCE, SOURCE], steps=STEPS, seed=4, progress=False, cross_replace_steps=0.0,
-                            self_replace_steps=0.0)
+    edit = prompt_to_prompt(sd, [SOURCE, SOURCE], steps=STEPS, seed=4, progress=False,
+                            injection=Injection(cross_replace_steps=0.0, self_replace_steps=0.0))
     alone = sd.text_to_image([SOURCE], steps=STEPS, seed=4, progress=False)
     # the same z_T; the batch of 2 vs 1 rounds the convolutions differently (oneDNN vs PyTorch's own
     # kernel, ldm/pipeline.py), nothing more: measured 5.2e-5 on latents of max |z| ~ 15; bound as above
@@ -155,7 +157,6 @@ def test_word_swap_of_a_multi_token_word_spreads_the_source_map():
     clip = CLIPTokenizer.from_bpe_file(clip_bpe_path())
     source, target = "a cat on a mat", "a capybara on a mat"
     edit = PromptToPrompt([source, target], clip, [], STEPS)
-    assert not edit.replace_is_identity
     probs = random_probs(2, 9, clip.context_length, seed=4)
     out = edit.attention_probs(probs.clone(), CROSS)
     R = replacement_map(clip, source, target)
@@ -166,7 +167,7 @@ def test_word_swap_of_a_multi_token_word_spreads_the_source_map():
 
 def test_refinement_takes_aligned_maps_and_keeps_new_tokens():
     target = "a big red circle on a big blue background"  # "big" added
-    edit = PromptToPrompt([SOURCE, target], TOK, [], STEPS, mode="refine")
+    edit = PromptToPrompt([SOURCE, target], TOK, [], STEPS, Refinement())
     probs = random_probs(2, 9, L, seed=1)  # guidance 1: [cond 0, cond 1]
     out = edit.attention_probs(probs.clone(), CROSS)
     mapper, alphas = refinement_map(TOK, SOURCE, target)
@@ -178,18 +179,19 @@ def test_refinement_takes_aligned_maps_and_keeps_new_tokens():
 
 def test_reweighting_alone_and_on_a_swap():
     probs = random_probs(2, 4, L, seed=2)
-    alone = PromptToPrompt([SOURCE, SOURCE], TOK, [], STEPS, mode=None, reweight={"red": 3.0})
+    alone = PromptToPrompt([SOURCE, SOURCE], TOK, [], STEPS, Reweight({"red": 3.0}))
     c = equalizer(TOK, SOURCE, {"red": 3.0})
     assert c[3] == 3.0 and c.sum() == L + 2
     torch.testing.assert_close(alone.attention_probs(probs.clone(), CROSS)[1], probs[0] * c, rtol=0, atol=0)
-    swap = PromptToPrompt([SOURCE, TARGET], TOK, [], STEPS, reweight={"square": -1.0})
+    swap = PromptToPrompt([SOURCE, TARGET], TOK, [], STEPS, Reweight({"square": -1.0}, on=WordSwap()))
     R = replacement_map(TOK, SOURCE, TARGET)
     want = torch.einsum("hnl,lm->hnm", probs[0], R) * equalizer(TOK, TARGET, {"square": -1.0})
     torch.testing.assert_close(swap.attention_probs(probs.clone(), CROSS)[1], want, rtol=0, atol=1e-7)
 
 
 def test_self_attention_is_injected_at_coarse_sites_during_its_window():
-    edit = PromptToPrompt([SOURCE, TARGET], TOK, [], STEPS, self_replace_steps=0.4, self_max_size=0.25)
+    edit = PromptToPrompt([SOURCE, TARGET], TOK, [], STEPS,
+                          injection=Injection(self_replace_steps=0.4, self_max_size=0.25))
     probs = random_probs(4, 16, 16, seed=3)
     assert not edit.wants_probs(SELF_FINE) and edit.wants_probs(SELF_COARSE)
     assert torch.equal(edit.attention_probs(probs.clone(), SELF_FINE), probs)
@@ -278,9 +280,9 @@ def test_local_blending_keeps_the_source_outside_the_words_attention():
     # the hot pixel (1, 1) alone, upsampled x2 -> latent rows/cols 2..3
     expected = torch.zeros(8, 8)
     expected[2:4, 2:4] = 1
-    assert torch.equal(LocalBlend(words, 0.5, 0).mask(store, (8, 8))[0, 0], expected)
+    assert torch.equal(Blending(words, 0.5, 0).mask(store, (8, 8))[0, 0], expected)
     # dilation 1/4: radius 1, a 3x3 max-pool -> rows/cols 0..2, upsampled x2 -> 0..5
-    blend = LocalBlend(words, 0.5, 0, dilation=0.25)
+    blend = Blending(words, 0.5, 0, dilation=0.25)
     mask = blend.mask(store, (8, 8))  # (2, 1, 8, 8)
     expected = torch.zeros(8, 8)
     expected[:6, :6] = 1
@@ -294,8 +296,8 @@ def test_blending_in_a_sample_changes_only_the_masked_region_of_the_target(sd):
     """A random model attends to "circle" almost evenly (normalised maps 0.68..1), so a threshold
     of 0.95 is what leaves an outside here; the trained toy model's masks are tested elsewhere."""
     z = start(5)
-    edit = prompt_to_prompt(sd, [SOURCE, TARGET], steps=STEPS, latents=z, progress=False, blend_words=["circle"],
-                            blend_start=0.0, blend_size=1.0, blend_threshold=0.95)
+    edit = prompt_to_prompt(sd, [SOURCE, TARGET], steps=STEPS, latents=z, progress=False,
+                            blend=LocalBlend(["circle"], start=0.0, size=1.0, threshold=0.95))
     mask = edit.editor.blend.mask(edit.editor.store, (8, 8))[1, 0].bool()  # the last step's mask
     assert 0 < mask.sum() < 64
     assert torch.equal(edit.latents[1][:, ~mask], edit.latents[0][:, ~mask])
@@ -310,21 +312,47 @@ def test_blending_in_a_sample_changes_only_the_masked_region_of_the_target(sd):
     (SOURCE, {}, "at least two prompts"),
     ([SOURCE, "a big red square"], {}, "same number of words: source 'a big red circle on a blue background' "
                                        "has 8 words, target 'a big red square' has 4"),
-    ([SOURCE, TARGET], {"blend_words": ["square", "green"]}, "blend word 'green' is in none of the prompts"),
-    ([SOURCE, TARGET], {"reweight": {"green": 2.0}}, "word 'green' is not among the words"),
-    ([SOURCE, TARGET], {"mode": "swap"}, "mode must be one of"),
-    ([SOURCE, SOURCE], {"mode": None}, "nothing to edit"),
-    ([SOURCE, TARGET], {"cross_replace_steps": 1.5}, "cross_replace_steps"),
-    ([SOURCE, TARGET], {"cross_replace_steps": {"green": 0.5}}, "word 'green', which is in none of the target"),
-    ([SOURCE, TARGET], {"self_replace_steps": (0.5, 0.2)}, "self_replace_steps"),
-    ([SOURCE, TARGET], {"self_max_size": 0}, "self_max_size"),
-    ([SOURCE, TARGET], {"blend_words": ["circle"], "blend_threshold": 1.0}, "blend_threshold"),
-    ([SOURCE, TARGET], {"blend_words": ["circle"], "blend_dilation": -0.1}, "blend_dilation"),
-    ([SOURCE, " ".join(["a"] * 80)], {"mode": "refine"}, "has 80 tokens"),
+    ([SOURCE, TARGET], {"blend": LocalBlend(["square", "green"])}, "blend word 'green' is in none of the prompts"),
+    ([SOURCE, TARGET], {"edit": Reweight({"green": 2.0})}, "word 'green' is not among the words"),
+    ([SOURCE, TARGET], {"edit": "replace"}, "edit must be WordSwap(), Refinement() or Reweight"),
+    ([SOURCE, TARGET], {"injection": {"cross_replace_steps": 0.5}}, "injection must be an Injection"),
+    ([SOURCE, TARGET], {"blend": ["circle"]}, "blend must be a LocalBlend(words, ...)"),
+    ([SOURCE, TARGET], {"injection": Injection(cross_replace_steps={"green": 0.5})},
+     "word 'green', which is in none of the target"),
+    ([SOURCE, " ".join(["a"] * 80)], {"edit": Refinement()}, "has 80 tokens"),
 ])
 def test_bad_input(sd, prompts, kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         PromptToPrompt(prompts, sd.tokenizer, sd.unet.sites, STEPS, **kwargs)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Reweight({}), "non-empty dict"),
+    (lambda: Reweight({"red": float("nan")}), "finite numbers"),
+    (lambda: Reweight({"red": 2.0}, on=Reweight({"red": 2.0})), "on=...\\) takes WordSwap"),
+    (lambda: Injection(cross_replace_steps=1.5), "cross_replace_steps"),
+    (lambda: Injection(cross_replace_steps={"square": (0.5, 0.2)}), "cross_replace_steps\\['square'\\]"),
+    (lambda: Injection(self_replace_steps=(0.5, 0.2)), "self_replace_steps"),
+    (lambda: Injection(self_max_size=0), "self_max_size"),
+    (lambda: LocalBlend("circle"), "non-empty list of words"),
+    (lambda: LocalBlend([]), "non-empty list of words"),
+    (lambda: LocalBlend(["circle"], threshold=1.0), "threshold"),
+    (lambda: LocalBlend(["circle"], start=1.5), "start"),
+    (lambda: LocalBlend(["circle"], size=0), "size"),
+    (lambda: LocalBlend(["circle"], dilation=-0.1), "dilation"),
+])
+def test_the_options_objects_check_themselves(make, message):
+    """Each option is checked where it is declared, before any prompt or model is at hand."""
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_the_options_objects_keep_their_own_copies():
+    scales, windows, words = {"red": 2.0}, {"default": 0.8}, ["circle"]
+    edit, injection, blend = Reweight(scales), Injection(cross_replace_steps=windows), LocalBlend(words)
+    scales["red"], windows["default"], words[0] = 9.0, 0.1, "square"
+    assert edit.scales == {"red": 2.0} and injection.cross_replace_steps == {"default": 0.8}
+    assert blend.words == ("circle",)
 
 
 def test_bad_calls(sd):
@@ -350,8 +378,8 @@ def test_an_edit_of_an_inverted_image_starts_from_its_z_T_with_its_per_step_null
 
     image = torch.rand((1, 3, 64, 64), generator=torch.Generator().manual_seed(6))
     inversion = negative_prompt_inversion(sd, image, SOURCE, steps=STEPS, guidance_scale=7.5, progress=False)
-    edit = prompt_to_prompt(sd, [SOURCE, SOURCE], inversion=inversion, progress=False, cross_replace_steps=0.0,
-                            self_replace_steps=0.0)
+    edit = prompt_to_prompt(sd, [SOURCE, SOURCE], inversion=inversion, progress=False,
+                            injection=Injection(cross_replace_steps=0.0, self_replace_steps=0.0))
     # nothing injected: the source row is the inversion's own reconstruction (batch 2 vs 1 rounds the
     # convolutions differently: measured 2.0e-5 on latents of max |z| ~ 4.9, 4e-6 of it; bound 2e-5 of the scale)
     alone = inversion.reconstruct(sd, progress=False)

@@ -223,10 +223,10 @@ def test_non_finite_or_mistyped_latents_are_refused(sd):
 
 def test_a_reweight_that_overflows_stops_with_a_message(sd):
     """#5: re-weight 1e30 through Prompt-to-Prompt gave a black image."""
-    from editing.prompt_to_prompt import prompt_to_prompt
+    from editing.prompt_to_prompt import Reweight, prompt_to_prompt
 
     with pytest.raises(NonFiniteError):
-        prompt_to_prompt(sd, ["a red circle", "a red circle"], mode=None, reweight={"red": 1e30}, steps=3, seed=0,
+        prompt_to_prompt(sd, ["a red circle", "a red circle"], Reweight({"red": 1e30}), steps=3, seed=0,
                          guidance_scale=5.0, progress=False)
 
 

@@ -25,7 +25,7 @@ with the colour swaps.
 
 Methods (:func:`evaluate_edits`): "baseline" samples [source, target] from the same z_T with no
 editor (the target prompt alone decides the layout), "p2p" runs :func:`prompt_to_prompt` from that
-z_T (the case's seed), with ``blend=True`` local blending of the swapped words [old, new].
+z_T (the case's seed), with ``blend_swap=True`` local blending of the swapped words [old, new].
 
 Real images (:func:`real_image_edits`): rendered scenes the model never trained on are inverted
 under their full true caption (null-text, negative-prompt or DDIM inversion, editing/null_text.py),
@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from ddpm.reverse import initial_noise
 from editing.null_text import ddim_inversion, negative_prompt_inversion, null_text_inversion
-from editing.prompt_to_prompt import prompt_to_prompt
+from editing.prompt_to_prompt import LocalBlend, prompt_to_prompt
 
 from .analyze import Analysis, analyze_batch, mask_iou, matches
 from .evaluate import psnr_db
@@ -218,14 +218,14 @@ def start_latent(sd, seed: int) -> torch.Tensor:
                          torch.float32, sd.device)  # (1, 4, h, w)
 
 
-def evaluate_edits(sd, cases: list[EditCase], method: str, *, blend: bool = False,
+def evaluate_edits(sd, cases: list[EditCase], method: str, *, blend_swap: bool = False,
                    guidance_scale: float = TOY_GUIDANCE_SCALE, steps: int = 50, batch: int = 10,
                    progress: bool = True, **p2p_kwargs) -> EditScores:
     """Sample every case's [source, target] from its seed's z_T and score it.
 
     "baseline": ``sd.text_to_image`` with no editor, ``batch`` cases per call (2 * batch prompts,
-    each pair sharing its z_T). "p2p": :func:`prompt_to_prompt` with ``p2p_kwargs``, one case per
-    call; ``blend`` adds local blending of the swapped words [old, new].
+    each pair sharing its z_T). "p2p": :func:`prompt_to_prompt` with ``p2p_kwargs`` (``edit``,
+    ``injection``), one case per call; ``blend_swap`` adds local blending of the swapped words [old, new].
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -233,11 +233,11 @@ def evaluate_edits(sd, cases: list[EditCase], method: str, *, blend: bool = Fals
         raise ValueError(f"cases must be a non-empty list of EditCase, got {cases!r}")
     if any(c.seed is None for c in cases):
         raise ValueError("every case needs a sampling seed (seed None is a real image's: see real_image_edits)")
-    if method == "baseline" and (blend or p2p_kwargs):
+    if method == "baseline" and (blend_swap or p2p_kwargs):
         raise ValueError(f"the baseline samples without an editor; got editing options "
-                         f"{sorted(p2p_kwargs) + (['blend'] if blend else [])}")
-    if "blend_words" in p2p_kwargs:
-        raise ValueError("blend_words are each case's swapped words: pass blend=True")
+                         f"{sorted(p2p_kwargs) + (['blend_swap'] if blend_swap else [])}")
+    if "blend" in p2p_kwargs:
+        raise ValueError("the blend words are each case's swapped words: pass blend_swap=True")
     _check_count("batch", batch)
     pairs = []  # (2, 3, 64, 64) per case
     if method == "baseline":
@@ -249,8 +249,8 @@ def evaluate_edits(sd, cases: list[EditCase], method: str, *, blend: bool = Fals
                                       progress=False).images.cpu()  # (2b, 3, 64, 64)
             pairs += list(images.unflatten(0, (len(chunk), 2)))  # b of (2, 3, 64, 64)
     else:
-        for c in tqdm(cases, desc="p2p + blend" if blend else "p2p", disable=not progress):
-            kwargs = dict(p2p_kwargs, blend_words=[c.old, c.new]) if blend else p2p_kwargs
+        for c in tqdm(cases, desc="p2p + blend" if blend_swap else "p2p", disable=not progress):
+            kwargs = dict(p2p_kwargs, blend=LocalBlend([c.old, c.new])) if blend_swap else p2p_kwargs
             result = prompt_to_prompt(sd, [c.source, c.target], guidance_scale=guidance_scale, steps=steps,
                                       seed=c.seed, progress=False, **kwargs)
             pairs.append(result.images.cpu())  # (2, 3, 64, 64)
@@ -258,7 +258,7 @@ def evaluate_edits(sd, cases: list[EditCase], method: str, *, blend: bool = Fals
     analyses = analyze_batch(images.flatten(0, 1) * 2 - 1)  # 2n of them: each case's source, then its target
     scores = [score_pair(c, images[k, 0], images[k, 1], (analyses[2 * k], analyses[2 * k + 1]))
               for k, c in enumerate(cases)]
-    return EditScores(method + (" + blend" if blend else ""), scores, images)
+    return EditScores(method + (" + blend" if blend_swap else ""), scores, images)
 
 
 # ------------------------------------------------------------------------------- real images
@@ -298,8 +298,8 @@ def real_image_edits(sd, n: int, seed: int, attribute: str, inversion: str = "nu
     _check_attribute(attribute, ())
     if inversion not in INVERSIONS:
         raise ValueError(f"inversion must be one of {tuple(INVERSIONS)}, got {inversion!r}")
-    if blend_words := p2p_kwargs.get("blend_words"):
-        raise ValueError(f"blend_words {blend_words!r}: the swap is chosen here, so there are no words to give")
+    if blend := p2p_kwargs.get("blend"):
+        raise ValueError(f"blend {blend!r}: the swap is chosen here, so there are no words to give")
     data, rng = ToyDataset(seed), np.random.default_rng(seed)
     edits, images = [], []
     for k in tqdm(range(n), desc=f"{inversion} edits", disable=not progress):

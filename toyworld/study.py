@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from editing.prompt_to_prompt import Injection
+
 from .attention_eval import diagnose, diagnostic_prompts, summary
 from .scene_analysis import read_scenes, scene_matches
 from .scene_edits import evaluate_swaps, scene_swap_cases, summarize
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     report["attention_found"] = attention["found"]
     print("attention", json.dumps(report["attention"], indent=1), flush=True)
     methods = {"baseline": ("baseline", {}), "p2p": ("p2p", {}),
-               "p2p, self at <= 16x16 px": ("p2p", {"self_max_size": 1.0})}
+               "p2p, self at <= 16x16 px": ("p2p", {"injection": Injection(self_max_size=1.0)})}
     report["swaps"] = {}
     for attribute in ("colour", "shape"):
         for objects in (1, 2):
