@@ -71,16 +71,16 @@ def injection_sites(sites: Sequence[Site], level_size: float = 0.25, feature_res
     self-attention layers 4-11; on the toy model, up_blocks.0.resnets.1 and three layers."""
     check_size("level_size", level_size)
     up = [s for s in sites if s.location == "up"]
-    levels = sorted({s.level for s in up if site_size(s) >= level_size})
-    if not levels:
+    blocks = sorted({s.block for s in up if site_size(s) >= level_size})  # up_blocks run coarse to fine
+    if not blocks:
         raise ValueError(f"no decoder level has maps of side >= {level_size} of the latent's")
-    level = levels[0]
-    resnets = [s for s in up if s.level == level and s.kind == "resnet"]
+    block = blocks[0]
+    resnets = [s for s in up if s.block == block and s.kind == "resnet"]
     if not 0 <= feature_resnet < len(resnets):
-        raise ValueError(f"feature_resnet={feature_resnet}: decoder level {level} has {len(resnets)} ResBlocks")
-    attention = [s for s in up if s.kind == "self" and (s.level > level or (s.level == level and s.index >= attention_from))]
+        raise ValueError(f"feature_resnet={feature_resnet}: decoder level up_blocks.{block} has {len(resnets)} ResBlocks")
+    attention = [s for s in up if s.kind == "self" and (s.block > block or (s.block == block and s.index >= attention_from))]
     if not attention:
-        raise ValueError(f"no decoder self-attention from level {level}, index {attention_from} on")
+        raise ValueError(f"no decoder self-attention from up_blocks.{block}, index {attention_from} on")
     return InjectionSites(resnets[feature_resnet], tuple(attention))
 
 

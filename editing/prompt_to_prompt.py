@@ -24,7 +24,7 @@ their own window with a ``"default"`` for the rest. Self-attention maps (the (HW
 the pixels) are also injected, whole, at the coarse layers (side at most ``self_max_size`` of the
 latent's; 1/4 is the paper's 16x16 of a 64x64 latent) for the first ``self_replace_steps``. The
 defaults are the paper's SD examples: cross 0.8, self 0.4. The class, :func:`prompt_to_prompt`
-and the command line (``python -m editing.p2p``) take these same objects, whose fields declare
+and the command line (``python -m ldm.cli.p2p``) take these same objects, whose fields declare
 each option once: its default, its check, its flag and its help.
 
 Local blending (the official code's ``LocalBlend``, section 3.2 "Local editing" in the appendix),
@@ -67,7 +67,7 @@ EditMaps = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def option(default, flag: str, kind: str, help: str):
-    """A field of an options object that also describes its command-line flag (editing/p2p.py
+    """A field of an options object that also describes its command-line flag (ldm/cli/p2p.py
     builds its parser from these): ``kind`` names how the flag's text is read."""
     return field(default=default, metadata={"flag": flag, "kind": kind, "help": help})
 

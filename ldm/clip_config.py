@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from unet.config import JsonConfig
+from weights.config_json import JsonConfig
 
 # transformers configs written before its PR #24773 (SD v1's text_encoder/config.json among them)
 # carry placeholder special-token ids, and transformers then pools at the largest id of each row.

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from unet.config import JsonConfig
+from weights.config_json import JsonConfig
 
 
 @dataclass(frozen=True)

@@ -185,8 +185,7 @@ def python_entry_points(sd, name: str, guidance: float, image: torch.Tensor) -> 
 
 def cli_outputs(folder: Path) -> dict[str, torch.Tensor]:
     """The three CLIs on the shipped toy model: the pixels of every file they write."""
-    from editing import p2p, pnp
-    from ldm import generate
+    from ldm.cli import generate, p2p, pnp
 
     out: dict[str, torch.Tensor] = {}
     src, tgt = "a big red circle on a blue background", "a big green square on a blue background"

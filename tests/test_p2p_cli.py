@@ -1,4 +1,4 @@
-"""python -m editing.p2p: the written figures are the library's results, and bad input exits with status 2.
+"""python -m ldm.cli.p2p: the written figures are the library's results, and bad input exits with status 2.
 
 Everything runs the shipped toy model (weights/toy) with 10 steps or fewer, so each command takes
 about a second on one CPU thread. The grid's panels are compared with ``prompt_to_prompt`` called
@@ -18,8 +18,8 @@ from PIL import Image
 from editing.attention_maps import token_heatmaps
 from editing.attention_store import AttentionStore
 from editing.null_text import negative_prompt_inversion, null_text_inversion
-from editing.p2p import cross_window, main, window
-from ldm.command_line import captioned_grid, stack_figures, wrap
+from ldm.cli.p2p import cross_window, main, window
+from ldm.cli.common import captioned_grid, stack_figures, wrap
 from editing.prompt_to_prompt import Injection, LocalBlend, Refinement, Reweight, WordSwap, prompt_to_prompt
 from ldm.images import load_image, to_pil
 from ldm.pipeline import StableDiffusion

@@ -1,4 +1,4 @@
-"""The text-to-image pipeline (ldm/pipeline.py) and its CLI (ldm/generate.py), on tiny random models.
+"""The text-to-image pipeline (ldm/pipeline.py) and its CLI (ldm/cli/generate.py), on tiny random models.
 
 - parity: the same weights, prompts and seed give diffusers' StableDiffusionPipeline's images and
   latents, step by step, with DDIM (eta 0 and 1), DDPM, and a negative prompt;
@@ -25,7 +25,7 @@ from ddim.inversion import ddim_invert
 from ldm.clip_config import CLIPTextConfig
 from ldm.clip_text import CLIPTextModel
 from ldm.clip_tokenizer import CLIPTokenizer
-from ldm.generate import main
+from ldm.cli.generate import main
 from ldm.pipeline import StableDiffusion
 from ldm.tokenizer import WordTokenizer
 from ldm.vae import AutoencoderKL

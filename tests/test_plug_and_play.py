@@ -376,9 +376,9 @@ def test_wrong_objects_are_refused(sd, inversion):
 
 def test_bad_sites_inversion_steps_and_sdedit_strengths_are_refused(sd, inversion):
     sites = sd.unet.sites
-    with pytest.raises(ValueError, match=r"feature_resnet=2: decoder level 0 has 2 ResBlocks"):
+    with pytest.raises(ValueError, match=r"feature_resnet=2: decoder level up_blocks.0 has 2 ResBlocks"):
         injection_sites(sites, feature_resnet=2)
-    with pytest.raises(ValueError, match=r"no decoder self-attention from level 1, index 2 on"):
+    with pytest.raises(ValueError, match=r"no decoder self-attention from up_blocks.1, index 2 on"):
         injection_sites(sites, level_size=1.0, attention_from=2)
     z0 = inversion.z0
     # 10 sampling steps visit 901, 801, ..., 1; 15 inversion steps visit 1, 67, 133, ...: 801 is not among them

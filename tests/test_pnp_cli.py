@@ -1,4 +1,4 @@
-"""python -m editing.pnp: the written images are the library's results, and bad input exits with status 2.
+"""python -m ldm.cli.pnp: the written images are the library's results, and bad input exits with status 2.
 
 Everything runs the shipped toy model (weights/toy) with 10 steps, guidance 5 and the negative
 prompt "" (the toy vocabulary has no English words), so each command takes about a second on one
@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ldm.command_line import captioned_grid
+from ldm.cli.common import captioned_grid
 from editing.plug_and_play import DEFAULT_NEGATIVE, invert_guidance_image, plug_and_play, sdedit
-from editing.pnp import DEFAULT_STRENGTHS, main
+from ldm.cli.pnp import DEFAULT_STRENGTHS, main
 from ldm.images import load_image, to_pil
 from ldm.pipeline import StableDiffusion
 from toyworld.model import TOY_GUIDANCE_SCALE
@@ -164,7 +164,7 @@ def test_cli_rejects_bad_arguments(change, message, red_circle, tmp_path, capsys
 
 def test_cli_default_negative_is_the_official_one():
     """The default is the official translation's; only the toy's word vocabulary needs --negative ""."""
-    from editing.pnp import build_parser
+    from ldm.cli.pnp import build_parser
 
     args = build_parser().parse_args(["--weights", "w", "--image", "i.png", "--prompt", "p"])
     assert args.negative == DEFAULT_NEGATIVE == "ugly, blurry, black, low res, unrealistic"

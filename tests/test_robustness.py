@@ -409,7 +409,7 @@ def test_fuzzed_configs_end_in_a_clear_error(key, value):
 def test_output_paths_are_checked_before_the_heavy_work(tmp_path, capsys):
     """#10: --out x.psd (PIL reads PSD but cannot write it), a folder named x.png, a path under a
     file: each failed with a traceback after sampling. Now argparse refuses them first (exit 2)."""
-    from ldm.generate import main
+    from ldm.cli.generate import main
 
     (tmp_path / "x.png").mkdir()
     (tmp_path / "file").write_text("")
@@ -517,7 +517,7 @@ def test_seeds_that_would_alias_are_refused(sd, seed):
 
 
 def test_seed_and_device_flags_are_checked_by_argparse(tmp_path, capsys):
-    from ldm.generate import main
+    from ldm.cli.generate import main
 
     for flags, message in ((["--seed", str(2**63)], "expected a seed in [0, 2^63 - 1]"),
                            (["--device", "bogus"], "expected a torch device"),
@@ -534,7 +534,7 @@ def test_other_bad_arguments(sd, tmp_path, capsys):
         sd.text_to_image(["a red circle"], steps=True, seed=0, progress=False)
     with pytest.raises(ValueError, match="generator must be a torch.Generator, got int"):
         sd.text_to_image(["a red circle"], steps=2, generator=5, progress=False)
-    from editing.p2p import main
+    from ldm.cli.p2p import main
 
     with pytest.raises(SystemExit):
         main(["--weights", str(tmp_path), "--prompts", "a red circle", "a red square", "--mode", "reweight",

@@ -79,9 +79,12 @@ def test_learning_rate_warms_up_then_decays_to_a_tenth():
 
 
 def test_psnr_of_a_known_error():
+    from toyworld.evaluate import psnr_db
+
     x = torch.zeros(2, 3, 8, 8)
-    y = x + 2 * 0.1  # an error of 0.1 on the [0, 1] scale everywhere: MSE 0.01 -> 20 dB
-    assert torch.allclose(train.psnr(x, y), torch.tensor([20.0, 20.0]), atol=1e-4)
+    y = x + 0.1  # an error of 0.1 everywhere on the [0, 1] scale: MSE 0.01 -> 10 log10(1 / 0.01) = 20 dB
+    assert torch.allclose(psnr_db(x, y), torch.tensor([20.0, 20.0]), atol=1e-4)
+    assert torch.allclose(psnr_db(x, x), torch.tensor([120.0, 120.0]))  # no error: the MSE's floor 1e-12, not inf
 
 
 def test_cli_rejects_bad_counts():

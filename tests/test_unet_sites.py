@@ -39,10 +39,10 @@ def resnet_channels(config: UNetConfig, site: Site) -> int:
     """Output width of a ResBlock, from the config alone (not from the model under test)."""
     widths = config.block_out_channels
     if site.location == "down":
-        return widths[site.level]
+        return widths[site.block]
     if site.location == "mid":
         return widths[-1]
-    return widths[::-1][site.level]
+    return widths[::-1][site.block]
 
 
 def check_records(model: UNet, editor: RecordingEditor, batch: int, height: int, width: int, tokens: int) -> None:
@@ -111,7 +111,7 @@ def test_site_names_are_module_names(model_name, request):
     assert len(set(names)) == len(names)
     for site in model.sites:
         assert modules[site.name].site is site  # the module at that path carries that very site
-        prefix = {"down": f"down_blocks.{site.level}.", "mid": "mid_block.", "up": f"up_blocks.{site.level}."}
+        prefix = {"down": f"down_blocks.{site.block}.", "mid": "mid_block.", "up": f"up_blocks.{site.block}."}
         assert site.name.startswith(prefix[site.location])
         part = "resnets" if site.kind == "resnet" else "attentions"
         assert f".{part}.{site.index}" in site.name

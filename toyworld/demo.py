@@ -23,7 +23,7 @@ import torch
 from matplotlib.figure import Figure
 
 from toyworld.demo_2d import save_figure
-from ldm.command_line import output_problem, seed_value
+from ldm.cli.common import output_problem, seed_value
 from ddpm.parameterization import eps_to_x0
 from ldm.pipeline import StableDiffusion
 from unet.editor import Editor

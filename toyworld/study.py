@@ -29,6 +29,7 @@ import torch
 from editing.prompt_to_prompt import Injection
 
 from .attention_eval import diagnose, diagnostic_prompts, summary
+from .evaluate import psnr_db
 from .scene_analysis import read_scenes, scene_matches
 from .scene_edits import evaluate_swaps, scene_swap_cases, summarize
 from .scenes import SceneDataset, random_description, random_scene
@@ -51,8 +52,7 @@ def vae_psnr(sd, n: int = 64) -> float:
     images = (SceneDataset(STUDY_SEED).batch(range(n))[0] + 1) / 2  # (n, 3, 64, 64) in [0, 1]
     with torch.no_grad():
         recon = sd.decode(sd.encode_image(list(images)))
-    mse = (recon - images).square().flatten(1).mean(1)
-    return float((10 * torch.log10(1 / mse)).mean())
+    return float(psnr_db(recon, images).mean())
 
 
 SWAP_METHODS = ("baseline", "p2p", "p2p, self at <= 16x16 px")

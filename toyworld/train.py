@@ -48,7 +48,7 @@ from tqdm import tqdm
 from ddpm.schedule import NoiseSchedule
 from ddpm.training import diffusion_loss
 from ldm.clip_text import CLIPTextModel
-from ldm.command_line import device_name
+from ldm.cli.common import device_name
 from ldm.vae import AutoencoderKL
 from unet.model import UNet
 from weights.clip_loading import save_text_encoder
@@ -60,6 +60,7 @@ from weights.vae_loading import save_vae
 from . import distributed
 from . import checkpoint
 from .checkpoint import load_checkpoint, save_checkpoint
+from .evaluate import psnr_db
 from .model import RECIPES, TOY_IMAGE_SIZE, TOY_SCHEDULE, ToyRecipe
 from .render import ToyDataset
 from .scenes import MultiScene, SceneDataset, SceneObject, random_description
@@ -116,12 +117,6 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int = 200) -> floa
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of images in [-1, 1], measured on the [0, 1] scale."""
-    mse = ((x - y) / 2).clamp(-1, 1).square().flatten(1).mean(1)  # (B,)
-    return 10 * torch.log10(1 / mse.clamp_min(1e-12))
-
-
 # Stage 1: the autoencoder -------------------------------------------------------------------
 def vae_loss(vae: AutoencoderKL, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The stage-1 loss of the module docstring on images x, with z = mean + std * noise."""
@@ -174,7 +169,7 @@ def train_vae(run: Path, steps: int, batch_size: int, lr: float, device: str, ev
         if (step + 1) % every == 0 or step + 1 in (steps, until):
             with torch.no_grad():
                 vae.eval()
-                p = torch.cat([psnr(vae(held_out[i:i + 64]), held_out[i:i + 64])
+                p = torch.cat([psnr_db((vae(held_out[i:i + 64]) + 1) / 2, (held_out[i:i + 64] + 1) / 2)
                                for i in range(0, eval_images, 64)])
                 vae.train()
             meta["history"]["eval_psnr"].append([step + 1, p.mean().item()])

@@ -21,35 +21,36 @@ from .editor import Editor, Site
 from .resnet import Downsample, ResBlock, Upsample
 
 
-def transformer_sites(prefix: str, location: str, level: int, index: int, downsample: int,
+def transformer_sites(prefix: str, location: str, block: int, index: int, downsample: int,
                       depth: int) -> list[tuple[Site, Site]]:
     """The (self, cross) sites of a spatial transformer's ``depth`` transformer blocks."""
     def site(layer: int, attn: str, kind: str) -> Site:
-        return Site(f"{prefix}.transformer_blocks.{layer}.{attn}", kind, location, level, index, downsample, layer)
+        return Site(f"{prefix}.transformer_blocks.{layer}.{attn}", kind, location, block, index, downsample, layer)
 
     return [(site(layer, "attn1", "self"), site(layer, "attn2", "cross")) for layer in range(depth)]
 
 
-class Layers(nn.Module):
-    """``resnets[j]`` then (where the level has attention) ``attentions[j]``, for j = 0 .. len - 1.
+class LevelBlock(nn.Module):
+    """One level's block, ``down_blocks.{block}`` or ``up_blocks.{block}``: ``resnets[j]`` then (where the
+    level has attention) ``attentions[j]``, for j = 0 .. len - 1.
 
     ``in_channels[j]`` is ResBlock j's input width, the skip's width included on the up path.
     """
 
-    def __init__(self, config: UNetConfig, location: str, level: int, in_channels: list[int],
+    def __init__(self, config: UNetConfig, location: str, block: int, in_channels: list[int],
                  out_channels: int, attention: bool, downsample: int) -> None:
         super().__init__()
-        prefix = f"{location}_blocks.{level}"
+        prefix = f"{location}_blocks.{block}"
         self.sites: list[Site] = []
         self.resnets = nn.ModuleList()
         self.attentions = nn.ModuleList()  # stays empty at levels without attention
         for j, c_in in enumerate(in_channels):
-            site = Site(f"{prefix}.resnets.{j}", "resnet", location, level, j, downsample)
+            site = Site(f"{prefix}.resnets.{j}", "resnet", location, block, j, downsample)
             self.resnets.append(ResBlock(c_in, out_channels, config.time_embed_dim, site,
                                          config.norm_num_groups, config.norm_eps))
             self.sites.append(site)
             if attention:
-                pairs = transformer_sites(f"{prefix}.attentions.{j}", location, level, j, downsample,
+                pairs = transformer_sites(f"{prefix}.attentions.{j}", location, block, j, downsample,
                                           config.transformer_layers_per_block)
                 self.attentions.append(SpatialTransformer(out_channels, config.num_heads, config.cross_attention_dim,
                                                           pairs, config.norm_num_groups, config.use_linear_projection))
@@ -64,13 +65,13 @@ class Layers(nn.Module):
         return h
 
 
-class DownBlock(Layers):
+class DownBlock(LevelBlock):
     """One encoder level; returns its output and the features it hands to the decoder as skips."""
 
-    def __init__(self, config: UNetConfig, level: int, in_channels: int, out_channels: int,
+    def __init__(self, config: UNetConfig, block: int, in_channels: int, out_channels: int,
                  attention: bool, add_downsample: bool) -> None:
         widths = [in_channels] + [out_channels] * (config.layers_per_block - 1)
-        super().__init__(config, "down", level, widths, out_channels, attention, downsample=2**level)
+        super().__init__(config, "down", block, widths, out_channels, attention, downsample=2**block)
         self.downsamplers = nn.ModuleList([Downsample(out_channels)] if add_downsample else [])
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor,
@@ -85,14 +86,14 @@ class DownBlock(Layers):
         return h, skips
 
 
-class UpBlock(Layers):
+class UpBlock(LevelBlock):
     """One decoder level: each ResBlock eats cat(h, skip) along channels; then Upsample."""
 
-    def __init__(self, config: UNetConfig, level: int, in_channels: int, skip_channels: list[int],
+    def __init__(self, config: UNetConfig, block: int, in_channels: int, skip_channels: list[int],
                  out_channels: int, attention: bool, add_upsample: bool, downsample: int) -> None:
         # ResBlock j sees the running features (in_channels for j = 0, out_channels after) plus skip j.
         widths = [(in_channels if j == 0 else out_channels) + c for j, c in enumerate(skip_channels)]
-        super().__init__(config, "up", level, widths, out_channels, attention, downsample)
+        super().__init__(config, "up", block, widths, out_channels, attention, downsample)
         self.upsamplers = nn.ModuleList([Upsample(out_channels)] if add_upsample else [])
 
     def forward(self, h: torch.Tensor, skips: list[torch.Tensor], emb: torch.Tensor, context: torch.Tensor,

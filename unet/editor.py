@@ -48,7 +48,8 @@ class Site:
     name        the module's path, e.g. ``mid_block.resnets.0`` or ``down_blocks.0.attentions.1.transformer_blocks.0.attn1``
     kind        "self" (attn1), "cross" (attn2) or "resnet"
     location    "down", "mid" or "up"
-    level       the block's index in ``down_blocks`` / ``up_blocks`` (0 for the mid block)
+    block       the block's index in ``down_blocks`` / ``up_blocks``, as in ``name`` (0 for the mid
+                block); on the up path block 0 is the coarsest, so compare resolutions by ``downsample``
     index       the ResBlock's or the spatial transformer's index within its block
     downsample  how much smaller than the latent the site's feature map is: 1, 2, 4, 8 for SD v1
     layer       the transformer block within the spatial transformer (0 for ResBlocks and for
@@ -58,7 +59,7 @@ class Site:
     name: str
     kind: str
     location: str
-    level: int
+    block: int
     index: int
     downsample: int
     layer: int = 0

@@ -1,6 +1,6 @@
 """Plug-and-Play from the command line.
 
-    python -m editing.pnp --weights weights/toy --image red_circle.png --prompt "a blue circle" \\
+    python -m ldm.cli.pnp --weights weights/toy --image red_circle.png --prompt "a blue circle" \\
         --negative "" --guidance 5 --out blue_circle.png --figure side.png
 
 The image is translated to ``--prompt`` by :mod:`editing.plug_and_play`: it is inverted (VAE
@@ -35,10 +35,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ldm.command_line import (captioned_grid, device_name, finite_float, fraction, load_model, output_problem,
-                              positive_int, save_atomically, seed_value)
+from editing.plug_and_play import DEFAULT_NEGATIVE
 
-from .plug_and_play import DEFAULT_NEGATIVE
+from .common import (captioned_grid, device_name, finite_float, fraction, load_model, output_problem, positive_int,
+                     save_atomically, seed_value)
 
 DEFAULT_STRENGTHS = (0.3, 0.5, 0.7)  # SDEdit in --figure: little change, then more freedom and less layout
 
@@ -51,7 +51,7 @@ def strength(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m editing.pnp", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ldm.cli.pnp", description=__doc__.split("\n")[0])
     p.add_argument("--weights", required=True, type=Path, help="a model folder written by python -m weights.convert")
     p.add_argument("--image", required=True, type=Path, help="the guidance image to translate")
     p.add_argument("--prompt", required=True, help="the target prompt: what the image should become")
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ldm.images import load_image, to_pil
 
-    from .plug_and_play import invert_guidance_image, plug_and_play, sdedit
+    from editing.plug_and_play import invert_guidance_image, plug_and_play, sdedit
 
     sd = load_model(args.weights, args.device,
                     lambda manifest, tokenizer: check_model(parser, args, manifest["scheduler"], tokenizer))

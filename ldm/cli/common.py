@@ -1,7 +1,7 @@
 """What the command-line programs share: argument types, model loading, figures and saving.
 
-The programs are ``python -m ldm.generate`` (text to image), ``python -m editing.p2p``
-(Prompt-to-Prompt) and ``python -m editing.pnp`` (Plug-and-Play and SDEdit); each imports its
+The programs are ``python -m ldm.cli.generate`` (text to image), ``python -m ldm.cli.p2p``
+(Prompt-to-Prompt) and ``python -m ldm.cli.pnp`` (Plug-and-Play and SDEdit); each imports its
 common parts from here and none imports another. Argument types raise
 ``argparse.ArgumentTypeError`` with what they expected, so a bad flag ends in a one-line message
 and exit status 2 before any network loads.

@@ -1,6 +1,6 @@
 """Text to image from the command line.
 
-    python -m ldm.generate --weights weights/sd-v1-5 --prompt "a photo of a cat" --seed 0 --out cat.png
+    python -m ldm.cli.generate --weights weights/sd-v1-5 --prompt "a photo of a cat" --seed 0 --out cat.png
 
 Several ``--prompt`` make one batch (the same seed draws one noise tensor for all of them, as the
 pipeline does) and one image at ``--out``: a grid with the prompts left to right, in the order
@@ -15,14 +15,15 @@ import json
 import sys
 from pathlib import Path
 
-from .command_line import (device_name, finite_float, image_side, non_negative_float, output_problem, positive_int,
-                           save_atomically, seed_value)
-from .images import image_grid
-from .pipeline import SAMPLERS
+from ldm.images import image_grid
+from ldm.pipeline import SAMPLERS
+
+from .common import (device_name, finite_float, image_side, non_negative_float, output_problem, positive_int,
+                     save_atomically, seed_value)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ldm.generate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ldm.cli.generate", description=__doc__.split("\n")[0])
     p.add_argument("--weights", required=True, type=Path, help="a model folder written by python -m weights.convert")
     p.add_argument("--prompt", required=True, action="append", help="the text; repeat for a batch")
     p.add_argument("--negative", action="append", help="negative prompt: once for all prompts, or once per prompt")
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from weights.io import WeightsFileError
 
-    from .pipeline import StableDiffusion
+    from ldm.pipeline import StableDiffusion
 
     negative = args.negative[0] if args.negative and len(args.negative) == 1 else args.negative
     try:

@@ -1,6 +1,6 @@
 """Prompt-to-Prompt from the command line.
 
-    python -m editing.p2p --weights weights/toy --prompts "a big red circle" "a big blue circle" \\
+    python -m ldm.cli.p2p --weights weights/toy --prompts "a big red circle" "a big blue circle" \\
         --guidance 5 --seed 0 --steps 50 --out edit.png
 
 The first of ``--prompts`` is the source, the rest are its edits (:mod:`editing.prompt_to_prompt`).
@@ -21,7 +21,7 @@ A real image: ``--image photo.png`` with the source prompt describing it. The im
 same steps and guidance, and the row starts with the input image, then its reconstruction under
 the source prompt, then the edits. The seed plays no part (the start is the inverted z_T).
 
-The guidance scale defaults to 7.5, SD v1's, as in ``python -m ldm.generate`` and the library:
+The guidance scale defaults to 7.5, SD v1's, as in ``python -m ldm.cli.generate`` and the library:
 the model folder does not say what a model samples best at. The toy model was tuned at 5
 (``toyworld.model.TOY_GUIDANCE_SCALE``): pass ``--guidance 5`` with ``weights/toy``.
 
@@ -38,10 +38,10 @@ import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from ldm.command_line import (captioned_grid, device_name, finite_float, fraction, load_model, output_problem,
-                              positive_int, save_atomically, seed_value, stack_figures)
+from editing.prompt_to_prompt import Injection, LocalBlend, Refinement, Reweight, WordSwap
 
-from .prompt_to_prompt import Injection, LocalBlend, Refinement, Reweight, WordSwap
+from .common import (captioned_grid, device_name, finite_float, fraction, load_model, output_problem, positive_int,
+                     save_atomically, seed_value, stack_figures)
 
 MODES = ("replace", "refine", "reweight")
 INVERSIONS = ("null-text", "negative-prompt")
@@ -127,7 +127,7 @@ def given_options(args: argparse.Namespace, options: type) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m editing.p2p", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ldm.cli.p2p", description=__doc__.split("\n")[0])
     p.add_argument("--weights", required=True, type=Path, help="a model folder written by python -m weights.convert")
     p.add_argument("--prompts", required=True, nargs="+", metavar="PROMPT", help="the source, then one or more targets")
     p.add_argument("--mode", choices=MODES, default="replace", help="default replace")
@@ -201,7 +201,7 @@ def edit_options(args: argparse.Namespace) -> dict:
 def check_prompts(parser: argparse.ArgumentParser, args: argparse.Namespace, tokenizer) -> None:
     """The prompts and words against the tokenizer, before any network is loaded: the editor is built
     without U-Net sites (only local blending's resolution needs them), the blend words checked apart."""
-    from .prompt_to_prompt import PromptToPrompt, word_alphas
+    from editing.prompt_to_prompt import PromptToPrompt, word_alphas
 
     options = edit_options(args)
     blend = options.pop("blend")
@@ -220,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from ldm.images import load_image, to_pil
 
-    from .attention_store import AttentionStore
-    from .prompt_to_prompt import prompt_to_prompt
+    from editing.attention_store import AttentionStore
+    from editing.prompt_to_prompt import prompt_to_prompt
 
     sd = load_model(args.weights, args.device, lambda manifest, tokenizer: check_prompts(parser, args, tokenizer))
     if sd is None:
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         inversion = None
         if args.image is not None:
-            from .null_text import negative_prompt_inversion, null_text_inversion
+            from editing.null_text import negative_prompt_inversion, null_text_inversion
 
             image = load_image(args.image, sd.image_size, sd.image_size, multiple=sd.size_multiple)  # (1, 3, H, W)
             invert = negative_prompt_inversion if args.inversion == "negative-prompt" else null_text_inversion
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         save_atomically(captioned_grid(panels, captions), args.out)
         print(f"wrote {args.out} ({len(panels)} panels, left to right: {captions})")
         if args.maps:
-            from .attention_maps import token_heatmaps
+            from editing.attention_maps import token_heatmaps
 
             figures = [token_heatmaps(store, sd.tokenizer, prompt, b, image=result.images[b])
                        for b, prompt in enumerate(args.prompts)]
