@@ -70,7 +70,7 @@ def toy_table(args: argparse.Namespace) -> None:
     rec_s: dict[str, list[float]] = {name: [] for name in METHODS}
     for k in range(args.images):
         x, _, scene = data[k]
-        x = (x[None] + 1) / 2  # (1, 3, 64, 64) in [0, 1]
+        x = x[None]  # (1, 3, 64, 64) in [0, 1]
         prompt = caption(scene)  # the true caption, every attribute named
         z0 = sd.encode_image(x)  # (1, 4, 8, 8)
         psnr["VAE alone"].append(psnr_db(sd.decode(z0), x).item())

@@ -112,7 +112,7 @@ def score(sd: StableDiffusion, latents: list[torch.Tensor], sources, prompts: li
           big: list[bool]) -> Scores:
     images = torch.cat([sd.decode(z) for z in latents])  # (n, 3, 64, 64) in [0, 1]
     scores = Scores()
-    for analysis, source, prompt, colour, b in zip(analyze_batch(images * 2 - 1), sources, prompts, colours, big):
+    for analysis, source, prompt, colour, b in zip(analyze_batch(images), sources, prompts, colours, big):
         scores.add(analysis, source, prompt, colour, b)
     return scores
 
@@ -150,7 +150,7 @@ def toy_tables(args: argparse.Namespace) -> None:
     times = {"plain sampling": [], "Plug-and-Play": [], "  inversion": [], "  translation": []}
     for k in range(args.images):
         x, _, scene = data[k]
-        x = (x[None] + 1) / 2  # (1, 3, 64, 64) in [0, 1]
+        x = x[None]  # (1, 3, 64, 64) in [0, 1]
         edited = swapped(scene, "colour", rng)
         colour = edited.colour
         xs.append(x)
@@ -211,7 +211,7 @@ def toy_tables(args: argparse.Namespace) -> None:
         print(f"  {k}: {caption(scene):<58} -> {colour:<7} PSNR VAE {psnr['VAE alone'][-1]:5.2f}  "
               + "  ".join(f"{name} {v[-1]:5.2f}" for name, v in psnr.items() if name != "VAE alone"), flush=True)
 
-    source_analyses = analyze_batch(torch.cat(xs) * 2 - 1)
+    source_analyses = analyze_batch(torch.cat(xs))
     mean = statistics.mean
     print(f"\n1. inversion steps ({args.images} images; PSNR dB mean / min; translations with the default 0.8 / 0.5)")
     columns = f"{'success':>8} {'colour':>8} {'IoU mean':>9} {'IoU min':>8} {'big':>6} {'small':>6}"
@@ -227,7 +227,7 @@ def toy_tables(args: argparse.Namespace) -> None:
 
     print(f"\n2. methods (inversion_steps {default_n}; {args.images} images)")
     print(f"{'method':<20} {'prompt':<6} {columns}")
-    vae = [mask_iou(a.mask, b.mask) for a, b in zip(analyze_batch(torch.cat(vae_images) * 2 - 1), source_analyses)]
+    vae = [mask_iou(a.mask, b.mask) for a, b in zip(analyze_batch(torch.cat(vae_images)), source_analyses)]
     vae_big = " ".join(f"{np.mean([v for v, b in zip(vae, big) if b == want] or [np.nan]):>6.3f}"
                        for want in (True, False))
     print(f"{'VAE alone':<20} {'':<6} {'':>8} {'':>8} {mean(vae):>9.3f} {min(vae):>8.3f} {vae_big}")

@@ -216,8 +216,7 @@ def record() -> dict[str, dict]:
 
     with one_thread(), tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        real = ToyDataset(seed=271828)[3][0][None]  # (1, 3, 64, 64) in [-1, 1]: an image neither model saw
-        image = (real / 2 + 0.5).clamp(0, 1)  # (1, 3, 64, 64) in [0, 1]
+        image = ToyDataset(seed=271828)[3][0][None]  # (1, 3, 64, 64) in [0, 1]: an image neither model saw
         to_pil(image)[0].save(folder / "input.png")
         image = png_pixels(folder / "input.png").permute(2, 0, 1)[None].float() / 255  # what the CLIs read
         outputs = python_entry_points(StableDiffusion.from_folder(TOY), "toy", 5.0, image)

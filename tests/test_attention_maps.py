@@ -370,7 +370,7 @@ def toy_edit():
     prompts = ["a big red circle on a blue background", "a big red square on a blue background"]
     store = AttentionStore(2)
     result = prompt_to_prompt(sd, prompts, seed=0, guidance_scale=5.0, store=store, progress=False)
-    masks = [torch.from_numpy(a.mask.copy()).float() for a in analyze_batch(result.images * 2 - 1)]  # (64, 64) each
+    masks = [torch.from_numpy(a.mask.copy()).float() for a in analyze_batch(result.images)]  # (64, 64) each
     return sd.tokenizer, prompts, store, result.images, masks
 
 

@@ -249,7 +249,7 @@ def toy_psnr() -> dict[str, torch.Tensor]:
     psnr: dict[str, list[float]] = {"ddim": [], "null": []}
     for k in range(TOY_IMAGES):
         x, _, scene = data[k]
-        x = (x[None] + 1) / 2  # (1, 3, 64, 64) in [0, 1]
+        x = x[None]  # (1, 3, 64, 64) in [0, 1]
         prompt = caption(scene)  # the true caption, every attribute named
         z0 = sd.encode_image(x)  # (1, 4, 8, 8)
         for name, method in (("ddim", ddim_inversion), ("null", null_text_inversion)):

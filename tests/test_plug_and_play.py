@@ -267,7 +267,7 @@ def toy_round_trip() -> dict[str, torch.Tensor]:
     psnr: dict[str, list[float]] = {"vae": [], "full": [], "none": []}
     for k in range(TOY_IMAGES):
         x, _, scene = data[k]
-        x = (x[None] + 1) / 2  # (1, 3, 64, 64) in [0, 1]
+        x = x[None]  # (1, 3, 64, 64) in [0, 1]
         inv = invert_guidance_image(toy, x, steps=50, progress=False)
         psnr["vae"].append(psnr_db(toy.decode(inv.z0), x).item())
         for name, f in (("full", 1.0), ("none", 0.0)):

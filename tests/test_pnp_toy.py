@@ -60,7 +60,7 @@ def results() -> dict:
     inputs, prompts, big, latents = [], [], [], {"pnp": [], "zero": [], "sdedit": []}
     for k in range(IMAGES):
         x, _, scene = data[k]
-        x = (x[None] + 1) / 2  # (1, 3, 64, 64) in [0, 1]
+        x = x[None]  # (1, 3, 64, 64) in [0, 1]
         prompt = caption(swapped(scene, "colour", rng), LAYOUT_FREE)  # "a <new colour> <shape>"
         inputs.append(x)
         prompts.append(prompt)
@@ -70,10 +70,10 @@ def results() -> dict:
         latents["pnp"].append(plug_and_play(sd, inv, prompt, **common))
         latents["zero"].append(plug_and_play(sd, inv, prompt, feature_injection=0.0, attention_injection=0.0, **common))
         latents["sdedit"].append(sdedit(sd, inv.z0, prompt, strength=SDEDIT_STRENGTH, steps=STEPS, seed=0, **common))
-    sources = analyze_batch(torch.cat(inputs) * 2 - 1)
+    sources = analyze_batch(torch.cat(inputs))
     out = {"big": np.array(big)}
     for method, zs in latents.items():
-        analyses = analyze_batch(torch.cat([sd.decode(z) for z in zs]) * 2 - 1)  # decode: (n, 3, 64, 64) in [0, 1]
+        analyses = analyze_batch(torch.cat([sd.decode(z) for z in zs]))  # decode: (n, 3, 64, 64) in [0, 1]
         out[method] = {
             "success": np.array([a.found and all(matches(a, parse_caption(p)).values())
                                  for a, p in zip(analyses, prompts)]),

@@ -198,7 +198,7 @@ def test_analyzer_reads_renders_back(rendered):
 
 
 def test_analyzer_accepts_an_array_or_a_tensor_alike():
-    """render's (64, 64, 3) array in [0, 1] and the VAE layout (3, 64, 64) in [-1, 1] give the same analysis."""
+    """render's (64, 64, 3) array and the pipeline's layout (3, 64, 64), both in [0, 1], give the same analysis."""
     rng = np.random.default_rng(4)
     for _ in range(10):
         image = render(random_scene(rng))
@@ -226,7 +226,7 @@ def colour_shifted(scenes: list[Scene], amplitude: float, generator: torch.Gener
         fg, bg = (torch.tensor(palette) + (torch.rand(3, generator=generator) * 2 - 1) * amplitude
                   for palette in (COLOURS[scene.colour], BACKGROUNDS[scene.background]))  # (3,) each
         rgb = (1 - alpha) * bg[:, None, None] + alpha * fg[:, None, None]  # (3, 64, 64)
-        out.append(rgb.clamp(0, 1) * 2 - 1)
+        out.append(rgb.clamp(0, 1))
     return torch.stack(out)  # (B, 3, 64, 64)
 
 
@@ -234,7 +234,7 @@ PERTURBATIONS = {
     # Measured on all 1000 renders of the fixture: 100% on every attribute for each perturbation
     # (and still 99.7% shape, 100% otherwise, under a 1.5 px blur; 100% with all three at once).
     # Mean mask IoU with the clean mask: 0.986 (noise), 1.000 (colour shift), 0.977 (blur).
-    "noise 0.05": lambda images, scenes, g: (images + 2 * 0.05 * torch.randn(images.shape, generator=g)).clamp(-1, 1),
+    "noise 0.05": lambda images, scenes, g: (images + 0.05 * torch.randn(images.shape, generator=g)).clamp(0, 1),
     "colour +-0.1": lambda images, scenes, g: colour_shifted(scenes, 0.1, g),
     "blur 1px": lambda images, scenes, g: gaussian_blur(images, 1.0),
 }
@@ -345,7 +345,7 @@ def test_analyzer_rejects_bad_input():
         analyze(image.transpose(2, 0, 1).copy())
     with pytest.raises(ValueError, match=r"numpy array \(64, 64, 3\).*got int64"):
         analyze((image * 255).astype(np.int64))
-    with pytest.raises(ValueError, match=r"torch tensor \(3, 64, 64\) in \[-1, 1\], got torch.float32 \(64, 64, 3\)"):
+    with pytest.raises(ValueError, match=r"torch tensor \(3, 64, 64\) in \[0, 1\], got torch.float32 \(64, 64, 3\)"):
         analyze(torch.from_numpy(image))
     with pytest.raises(ValueError, match=r"array has values in \[.*\], expected \[0.0, 1.0\]"):
         analyze(image * 255)
@@ -353,10 +353,10 @@ def test_analyzer_rejects_bad_input():
         analyze(np.full((64, 64, 3), np.nan, dtype=np.float32))
     with pytest.raises(ValueError, match="got list"):
         analyze(image.tolist())
-    with pytest.raises(ValueError, match=r"\(B, 3, 64, 64\) in \[-1, 1\], got torch.float32 \(3, 64, 64\)"):
+    with pytest.raises(ValueError, match=r"\(B, 3, 64, 64\) in \[0, 1\], got torch.float32 \(3, 64, 64\)"):
         analyze_batch(render_batch([Scene("circle", "red", "big", "center", "white")])[0])
-    with pytest.raises(ValueError, match=r"batch has values in \[.*\], expected \[-1.0, 1.0\]"):
-        analyze_batch(render_batch([Scene("circle", "red", "big", "center", "white")]) + 1)
+    with pytest.raises(ValueError, match=r"batch has values in \[.*\], expected \[0.0, 1.0\]"):
+        analyze_batch(render_batch([Scene("circle", "red", "big", "center", "white")]) * 2 - 1)  # the VAE's range
     with pytest.raises(ValueError, match="two bool masks of one shape"):
         mask_iou(np.zeros((4, 4), dtype=bool), np.zeros((4, 5), dtype=bool))
     analysis = analyze(image)

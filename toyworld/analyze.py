@@ -209,10 +209,10 @@ def _to_rgb(image: np.ndarray | torch.Tensor) -> np.ndarray:
     """Validate one image and return it as a float64 (64, 64, 3) array in [0, 1]."""
     if isinstance(image, torch.Tensor):
         if tuple(image.shape) != (3, IMAGE_SIZE, IMAGE_SIZE) or not image.is_floating_point():
-            raise ValueError(f"expected a float torch tensor (3, {IMAGE_SIZE}, {IMAGE_SIZE}) in [-1, 1], "
+            raise ValueError(f"expected a float torch tensor (3, {IMAGE_SIZE}, {IMAGE_SIZE}) in [0, 1], "
                              f"got {image.dtype} {tuple(image.shape)}")
-        _check_range(image.detach().cpu().double().numpy(), -1.0, 1.0, "tensor")
-        rgb = (image.detach().cpu().double().permute(1, 2, 0).numpy() + 1) / 2  # (64, 64, 3)
+        _check_range(image.detach().cpu().double().numpy(), 0.0, 1.0, "tensor")
+        rgb = image.detach().cpu().double().permute(1, 2, 0).numpy()  # (64, 64, 3)
     elif isinstance(image, np.ndarray):
         if image.shape != (IMAGE_SIZE, IMAGE_SIZE, 3) or not np.issubdtype(image.dtype, np.floating):
             raise ValueError(f"expected a float numpy array ({IMAGE_SIZE}, {IMAGE_SIZE}, 3) in [0, 1], "
@@ -220,7 +220,7 @@ def _to_rgb(image: np.ndarray | torch.Tensor) -> np.ndarray:
         _check_range(image, 0.0, 1.0, "array")
         rgb = image.astype(np.float64)
     else:
-        raise ValueError(f"expected a (64, 64, 3) numpy array in [0, 1] or a (3, 64, 64) torch tensor in [-1, 1], "
+        raise ValueError(f"expected a (64, 64, 3) numpy array or a (3, 64, 64) torch tensor in [0, 1], "
                          f"got {type(image).__name__}")
     return np.clip(rgb, 0.0, 1.0)
 
@@ -236,19 +236,20 @@ def _check_range(values: np.ndarray, low: float, high: float, what: str) -> None
 
 def analyze(image: np.ndarray | torch.Tensor) -> Analysis:
     """Analyze one image: a float (64, 64, 3) numpy array in [0, 1] (``render``'s output) or a
-    float (3, 64, 64) torch tensor in [-1, 1] (the VAE's layout). See the module docstring."""
+    float (3, 64, 64) torch tensor in [0, 1] (the pipeline's layout: ``sd.text_to_image(...).images[k]``).
+    See the module docstring."""
     return _analyze_rgb(_to_rgb(image))
 
 
 def analyze_batch(images: torch.Tensor, progress: bool = False) -> list[Analysis]:
-    """Analyze a float (B, 3, 64, 64) torch tensor in [-1, 1], image by image."""
+    """Analyze a float (B, 3, 64, 64) torch tensor in [0, 1], image by image."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != (3, IMAGE_SIZE, IMAGE_SIZE) \
             or not images.is_floating_point():
         got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"expected a float torch tensor (B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}) in [-1, 1], got {got}")
+        raise ValueError(f"expected a float torch tensor (B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}) in [0, 1], got {got}")
     array = images.detach().cpu().double().numpy()  # (B, 3, 64, 64)
-    _check_range(array, -1.0, 1.0, "batch")
-    rgb = np.clip((array.transpose(0, 2, 3, 1) + 1) / 2, 0.0, 1.0)  # (B, 64, 64, 3)
+    _check_range(array, 0.0, 1.0, "batch")
+    rgb = np.clip(array.transpose(0, 2, 3, 1), 0.0, 1.0)  # (B, 64, 64, 3)
     return [_analyze_rgb(x) for x in tqdm(rgb, desc="analyze", disable=not progress)]
 
 

@@ -72,7 +72,7 @@ def run(weights: Path, out: Path, seed: int, progress: bool = True) -> dict[str,
     start = time.perf_counter()
     result = pipe.text_to_image(PROMPTS, guidance_scale=s, steps=50, seed=seed, progress=progress)
     report["seconds_per_image"] = (time.perf_counter() - start) / len(PROMPTS)
-    verdicts = [matches(a, parse_caption(p)) for a, p in zip(analyze_batch(result.images * 2 - 1), PROMPTS)]
+    verdicts = [matches(a, parse_caption(p)) for a, p in zip(analyze_batch(result.images), PROMPTS)]
     report["prompts_followed"] = float(np.mean([all(v.values()) for v in verdicts]))
     for ax, image, prompt, verdict in zip(grid[0], result.images, PROMPTS, verdicts):
         ax.imshow(image.permute(1, 2, 0).numpy())
@@ -106,7 +106,7 @@ def run(weights: Path, out: Path, seed: int, progress: bool = True) -> dict[str,
     # 3. A real image: VAE round trip, DDIM inversion with guidance 1, and back.
     scene = Scene("triangle", "orange", "big", "top right", "gray", dx=1.3, dy=-0.7, dsize=0.4)
     caption = "a big orange triangle at the top right on a gray background"
-    x = (render_batch([scene]) + 1) / 2  # (1, 3, 64, 64) in [0, 1]
+    x = render_batch([scene])  # (1, 3, 64, 64) in [0, 1]
     start = time.perf_counter()
     z0 = pipe.encode_image(x)
     cond = pipe.encode_prompts([caption])

@@ -181,7 +181,7 @@ class EditScore:
 def score_pair(case: EditCase, source: torch.Tensor, target: torch.Tensor,
                analyses: tuple[Analysis, Analysis] | None = None) -> EditScore:
     """Score one (source, target) pair of images (3, 64, 64) in [0, 1] for ``case``."""
-    a, b = analyses if analyses is not None else analyze_batch(torch.stack([source, target]) * 2 - 1)
+    a, b = analyses if analyses is not None else analyze_batch(torch.stack([source, target]))
 
     def shows(analysis: Analysis, text: str) -> bool:
         return analysis.found and all(matches(analysis, parse_caption(text)).values())
@@ -255,7 +255,7 @@ def evaluate_edits(sd, cases: list[EditCase], method: str, *, blend_swap: bool =
                                       seed=c.seed, progress=False, **kwargs)
             pairs.append(result.images.cpu())  # (2, 3, 64, 64)
     images = torch.stack(pairs)  # (n, 2, 3, 64, 64)
-    analyses = analyze_batch(images.flatten(0, 1) * 2 - 1)  # 2n of them: each case's source, then its target
+    analyses = analyze_batch(images.flatten(0, 1))  # 2n of them: each case's source, then its target
     scores = [score_pair(c, images[k, 0], images[k, 1], (analyses[2 * k], analyses[2 * k + 1]))
               for k, c in enumerate(cases)]
     return EditScores(method + (" + blend" if blend_swap else ""), scores, images)
@@ -304,7 +304,7 @@ def real_image_edits(sd, n: int, seed: int, attribute: str, inversion: str = "nu
     edits, images = [], []
     for k in tqdm(range(n), desc=f"{inversion} edits", disable=not progress):
         x, _, scene = data[k]
-        x = (x[None] + 1) / 2  # (1, 3, 64, 64) in [0, 1]
+        x = x[None]  # (1, 3, 64, 64) in [0, 1]
         edited = swapped(scene, attribute, rng)
         case = EditCase(caption(scene), caption(edited), attribute, getattr(scene, attribute),
                         getattr(edited, attribute), None)

@@ -34,9 +34,9 @@ def vae_psnr(vae: AutoencoderKL, n: int = 500, seed: int = 2024, batch: int = 10
     """PSNR of x vs D(E(x)) (posterior mean) over ``n`` freshly rendered images, on the [0, 1] scale."""
     data, out = ToyDataset(seed), []
     for i in range(0, n, batch):
-        x = data.batch(range(i, min(i + batch, n)))[0]  # (b, 3, 64, 64) in [-1, 1]
-        x_hat = vae.decode(vae.encode(x).mean).clamp(-1, 1)  # (b, 3, 64, 64)
-        out.append(psnr_db((x_hat + 1) / 2, (x + 1) / 2))
+        x = data.batch(range(i, min(i + batch, n)))[0]  # (b, 3, 64, 64) in [0, 1]
+        x_hat = vae.decode(vae.encode(x * 2 - 1).mean).clamp(-1, 1)  # (b, 3, 64, 64): the VAE works in [-1, 1]
+        out.append(psnr_db((x_hat + 1) / 2, x))
     return torch.cat(out)
 
 
@@ -85,6 +85,6 @@ def prompt_fidelity(pipe, n: int = 400, guidance_scale: float = 5.0, steps: int 
                                     seed=seed + k, progress=False)
         images.append(result.images.cpu())
     images = torch.cat(images)  # (n, 3, 64, 64) in [0, 1]
-    analyses = analyze_batch(images * 2 - 1)
+    analyses = analyze_batch(images)
     checks = [matches(a, parse_caption(p)) for a, p in zip(analyses, prompts)]
     return Fidelity(prompts, images, checks)

@@ -81,22 +81,23 @@ def render(scene: Scene) -> np.ndarray:
 
 
 def to_tensor(images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
-    """(B, H, W, 3) arrays in [0, 1] -> the VAE's (B, 3, H, W) float32 tensor in [-1, 1]."""
+    """(B, H, W, 3) arrays in [0, 1] -> a (B, 3, H, W) float32 tensor in [0, 1], the pipeline's layout
+    (the VAE itself reads 2 x - 1, as ``StableDiffusion.encode_image`` and the trainer map it)."""
     array = np.stack(list(images)) if not isinstance(images, np.ndarray) else images
     if array.ndim != 4 or array.shape[-1] != 3:
         raise ValueError(f"expected images (B, H, W, 3), got {array.shape}")
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2))).float() * 2 - 1
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2))).float()
 
 
 def render_batch(scenes: Sequence[Scene]) -> torch.Tensor:
-    """Scenes -> (B, 3, 64, 64) float32 in [-1, 1], the layout the VAE reads."""
+    """Scenes -> (B, 3, 64, 64) float32 in [0, 1]."""
     return to_tensor([render(s) for s in scenes])
 
 
 class ToyDataset:
     """An endless, seeded dataset of (scene, caption) pairs: item ``i`` depends only on (seed, i).
 
-    ``dataset[i]`` -> (image (3, 64, 64) in [-1, 1], caption, scene); ``dataset.batch(indices)``
+    ``dataset[i]`` -> (image (3, 64, 64) in [0, 1], caption, scene); ``dataset.batch(indices)``
     renders many at once. Captions leave attributes out at random (see ``OMIT_PROBABILITY``).
     """
 

@@ -183,15 +183,15 @@ def fit_background(rgb: np.ndarray) -> tuple[str, float, tuple, float, np.ndarra
 
 
 def read_scene(image: np.ndarray | torch.Tensor) -> SceneReading:
-    """Read one image: a float (64, 64, 3) array in [0, 1] or a float (3, 64, 64) tensor in [-1, 1]."""
+    """Read one image: a float (64, 64, 3) array or a float (3, 64, 64) tensor, in [0, 1]."""
     return _read(_to_rgb(image))
 
 
 def read_scenes(images: torch.Tensor, progress: bool = False) -> list[SceneReading]:
-    """Read a float (B, 3, 64, 64) tensor in [-1, 1], image by image."""
+    """Read a float (B, 3, 64, 64) tensor in [0, 1], image by image."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != (3, IMAGE_SIZE, IMAGE_SIZE):
         got = f"{tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"expected a float torch tensor (B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}) in [-1, 1], got {got}")
+        raise ValueError(f"expected a float torch tensor (B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}) in [0, 1], got {got}")
     return [read_scene(x) for x in tqdm(images, desc="read", disable=not progress)]
 
 

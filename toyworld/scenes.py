@@ -343,7 +343,7 @@ def render_scene(scene: MultiScene) -> np.ndarray:
 
 
 def render_scenes(scenes: Sequence[MultiScene]) -> torch.Tensor:
-    """Scenes -> (B, 3, 64, 64) float32 in [-1, 1], the layout the VAE reads."""
+    """Scenes -> (B, 3, 64, 64) float32 in [0, 1]."""
     return to_tensor([render_scene(s) for s in scenes])
 
 

@@ -44,12 +44,12 @@ def generation(sd, n: int, objects: int, steps: int, guidance: float, batch: int
     for i in range(0, n, batch):
         images = sd.text_to_image(prompts[i:i + batch], guidance_scale=guidance, steps=steps, seed=STUDY_SEED + i,
                                   progress=False).images
-        ok += [scene_matches(r, p)["all"] for r, p in zip(read_scenes(images * 2 - 1), prompts[i:i + batch])]
+        ok += [scene_matches(r, p)["all"] for r, p in zip(read_scenes(images), prompts[i:i + batch])]
     return float(np.mean(ok))
 
 
 def vae_psnr(sd, n: int = 64) -> float:
-    images = (SceneDataset(STUDY_SEED).batch(range(n))[0] + 1) / 2  # (n, 3, 64, 64) in [0, 1]
+    images = SceneDataset(STUDY_SEED).batch(range(n))[0]  # (n, 3, 64, 64) in [0, 1]
     with torch.no_grad():
         recon = sd.decode(sd.encode_image(list(images)))
     return float(psnr_db(recon, images).mean())

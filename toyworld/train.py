@@ -2,7 +2,8 @@
 
 Two stages, as the LDM paper trains SD (Rombach et al. 2022, section 3):
 
-1. The autoencoder alone, on rendered images (x in [-1, 1]):
+1. The autoencoder alone, on rendered images x in [-1, 1] (the datasets give [0, 1]; the VAE
+   reads 2 x - 1, as SD's does):
 
        L_VAE = mean |x - D(z)| + mean (x - D(z))^2 + w_KL KL(q(z|x) || N(0, I)) / (3 H W),   z ~ q(z|x)
 
@@ -141,14 +142,15 @@ def train_vae(run: Path, steps: int, batch_size: int, lr: float, device: str, ev
     if checkpoint.exists(ckpt):
         meta = load_checkpoint(ckpt, vae, None, opt)
         log_line(run, f"vae: resumed at step {meta['step']}")
-    data, held_out = dataset(recipe, TRAIN_SEED), dataset(recipe, EVAL_SEED).batch(range(eval_images))[0].to(device)
+    data = dataset(recipe, TRAIN_SEED)
+    held_out = dataset(recipe, EVAL_SEED).batch(range(eval_images))[0].to(device)  # (n, 3, 64, 64) in [0, 1]
     bar = tqdm(range(meta["step"], min(steps, until or steps)), desc="vae", initial=meta["step"], total=steps,
                disable=not distributed.is_main())
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, steps, lr)
         part = distributed.shard(batch_size)  # this process's items (all of them in one process)
-        x = data.batch(range(step * batch_size + part.start, step * batch_size + part.stop))[0].to(device)
+        x = data.batch(range(step * batch_size + part.start, step * batch_size + part.stop))[0].to(device) * 2 - 1
         side = TOY_IMAGE_SIZE // recipe.vae.downsample_factor
         noise = torch.randn((batch_size, recipe.vae.latent_channels, side, side),
                             generator=torch.Generator().manual_seed(step))[part]
@@ -169,7 +171,7 @@ def train_vae(run: Path, steps: int, batch_size: int, lr: float, device: str, ev
         if (step + 1) % every == 0 or step + 1 in (steps, until):
             with torch.no_grad():
                 vae.eval()
-                p = torch.cat([psnr_db((vae(held_out[i:i + 64]) + 1) / 2, (held_out[i:i + 64] + 1) / 2)
+                p = torch.cat([psnr_db((vae(held_out[i:i + 64] * 2 - 1) + 1) / 2, held_out[i:i + 64])
                                for i in range(0, eval_images, 64)])
                 vae.train()
             meta["history"]["eval_psnr"].append([step + 1, p.mean().item()])
@@ -185,7 +187,7 @@ def train_vae(run: Path, steps: int, batch_size: int, lr: float, device: str, ev
 @torch.no_grad()
 def measure_latent_scale(vae: AutoencoderKL, device: str, n: int = 2048, recipe: ToyRecipe = DEFAULT_RECIPE) -> float:
     """1 / std of z ~ q(z|x) over ``n`` fresh images (LDM appendix G; SD's 0.18215 came this way)."""
-    x = dataset(recipe, EVAL_SEED + 1).batch(range(n))[0]
+    x = dataset(recipe, EVAL_SEED + 1).batch(range(n))[0] * 2 - 1  # (n, 3, 64, 64) in [-1, 1]
     z = torch.cat([vae.encode(x[i:i + 256].to(device)).sample(torch.Generator().manual_seed(i)).cpu()
                    for i in range(0, n, 256)])
     return float(1 / z.std())
@@ -199,7 +201,7 @@ def encode_dataset(vae: AutoencoderKL, n: int, device: str,
     data, means, stds, scenes = dataset(recipe, TRAIN_SEED + 1), [], [], []
     for i in tqdm(range(0, n, 256), desc="encode"):
         images, _, batch_scenes = data.batch(range(i, min(i + 256, n)))
-        posterior = vae.encode(images.to(device))
+        posterior = vae.encode(images.to(device) * 2 - 1)  # the VAE reads [-1, 1]
         means.append(posterior.mean.cpu())
         stds.append(posterior.std.cpu())
         scenes += batch_scenes
