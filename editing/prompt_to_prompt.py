@@ -317,7 +317,9 @@ class PromptToPrompt(Editor):
     ``edit``: :class:`WordSwap` (the default), :class:`Refinement` or :class:`Reweight`.
     ``injection``: when the source's maps are injected (:class:`Injection`, the paper's defaults).
     ``blend``: a :class:`LocalBlend`, or None. ``store`` (an :class:`AttentionStore`), if given,
-    records the unedited maps for figures; local blending makes one if none is given. ``sites`` is
+    records the maps each prompt used (the targets' edited ones, as in the official code, whose
+    store holds the very tensors the edit then overwrites) for figures and local blending, which
+    makes one if none is given. ``sites`` is
     the U-Net's ``sites`` list (for the blending resolution).
     """
 
@@ -400,11 +402,16 @@ class PromptToPrompt(Editor):
         return torch.where(alpha, new, target)  # (T, heads, N, L): alpha new + (1 - alpha) target, alpha in {0, 1}
 
     def attention_probs(self, probs: torch.Tensor, site: Site) -> torch.Tensor:
-        """probs (U, heads, N, L), U = B or 2B: edit the targets' conditional maps from the source's."""
+        """probs (U, heads, N, L), U = B or 2B: edit the targets' conditional maps from the source's,
+        then record the maps each prompt used (the targets' edited ones) in the store."""
+        if self.edits(site, self.step):
+            probs = self.edited(probs, site)
         if self.store is not None:
-            self.store.record(probs, site)  # the maps as the U-Net made them, before editing
-        if not self.edits(site, self.step):
-            return probs
+            self.store.record(probs, site)
+        return probs
+
+    def edited(self, probs: torch.Tensor, site: Site) -> torch.Tensor:
+        """probs (U, heads, N, L) with the targets' conditional rows replaced by Edit(M_t, M*_t)."""
         if probs.shape[0] not in (self.batch, 2 * self.batch):
             raise ValueError(f"the U-Net batch has {probs.shape[0]} items; expected {self.batch} or "
                              f"{2 * self.batch} for {self.batch} prompts")

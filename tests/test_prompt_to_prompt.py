@@ -266,6 +266,21 @@ def test_the_store_averages_conditional_maps_over_steps_and_sites():
         store.aggregate("self")
 
 
+def test_the_store_keeps_the_maps_the_targets_used():
+    """During the injection the store records a target's edited maps, not its own: the official
+    store holds the tensors the edit overwrites in place, so its local blending reads those too."""
+    store = AttentionStore(2)
+    edit = PromptToPrompt([SOURCE, SOURCE], TOK, [], STEPS, store=store)  # identity swap: R = I
+    probs = random_probs(4, 16, L, seed=5)
+    edit.attention_probs(probs.clone(), CROSS)
+    recorded = store.average(CROSS.name)  # (2, 16, L)
+    torch.testing.assert_close(recorded[1], recorded[0], rtol=0, atol=1e-7)  # the target used the source's maps
+    assert not torch.allclose(recorded[1], probs[3].mean(0))  # which are not the target's own
+    edit.begin_step(8, 100)  # after the window the target's own maps are recorded
+    edit.attention_probs(probs.clone(), CROSS)
+    torch.testing.assert_close(store.average(CROSS.name)[1], (probs[2].mean(0) + probs[3].mean(0)) / 2)
+
+
 def test_local_blending_keeps_the_source_outside_the_words_attention():
     store = AttentionStore(2)
     site = Site("d.attn2", "cross", "down", 0, 0, downsample=2)
