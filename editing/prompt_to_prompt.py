@@ -101,8 +101,12 @@ class Refinement:
     alignment A pairs target token j with a source token, M*_t[x, j] for the new tokens
     (Needleman-Wunsch, :func:`editing.token_maps.refinement_map`)."""
 
+    def maps(self, tokenizer: PromptTokenizer, source: str, targets: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The alignment A and its alphas: (T, L) indices, (T, L) of 0/1 (:func:`refinement_maps`)."""
+        return refinement_maps(tokenizer, source, targets)
+
     def prepare(self, tokenizer: PromptTokenizer, source: str, targets: Sequence[str]) -> EditMaps:
-        mapper, alphas = refinement_maps(tokenizer, source, targets)  # (T, L) indices, (T, L) of 0/1
+        mapper, alphas = self.maps(tokenizer, source, targets)  # (T, L) indices, (T, L) of 0/1
 
         def edit(base: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             new = base[..., mapper].permute(2, 0, 1, 3)  # (heads, N, T, L) -> (T, heads, N, L): M_t[:, A(j)]

@@ -136,6 +136,7 @@ def test_bad_evaluations_are_refused_before_sampling(sd):
         (dict(cases=cases, method="baseline", injection=Injection(cross_replace_steps=1.0)),
          r"editing options \['injection'\]"),
         (dict(cases=cases, method="p2p", blend=LocalBlend(["circle"])), "the blend words are each case's swapped words"),
+        (dict(cases=cases, method="p2p", blend_options={"dilation": 0.25}), r"blend_options .* need blend_swap=True"),
         (dict(cases=cases, method="baseline", batch=0), "batch must be an int >= 1, got 0"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -204,7 +205,7 @@ def test_colour_swap_keeps_the_mask_no_worse_than_the_baseline(colour_runs):
 def test_local_blending_keeps_the_background(sd, colour_runs):
     """Local blending of the swapped colour words, the first 10 colour swaps. Without it, 2 of these 10
     targets come out on another background (a mean |change| of 0.30 and 0.37 over their background
-    pixels; mean over the 10: 0.069); with it every one stays within 0.006 of the source's (mean
+    pixels; mean over the 10: 0.069); with it every one stays within 0.0075 of the source's (mean
     0.003), below BACKGROUND_KEPT = 0.02 (the resampling noise of a flat colour is 0.001-0.008; the
     nearest two backgrounds differ by 0.297). Over 30 cases blending kept 29 (P2P alone 25): one
     blend mask covered the whole image. The bounds: >= 9 of 10 kept, the mean change under P2P's

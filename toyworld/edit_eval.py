@@ -219,13 +219,14 @@ def start_latent(sd, seed: int) -> torch.Tensor:
 
 
 def evaluate_edits(sd, cases: list[EditCase], method: str, *, blend_swap: bool = False,
-                   guidance_scale: float = TOY_GUIDANCE_SCALE, steps: int = 50, batch: int = 10,
-                   progress: bool = True, **p2p_kwargs) -> EditScores:
+                   blend_options: dict | None = None, guidance_scale: float = TOY_GUIDANCE_SCALE, steps: int = 50,
+                   batch: int = 10, progress: bool = True, **p2p_kwargs) -> EditScores:
     """Sample every case's [source, target] from its seed's z_T and score it.
 
     "baseline": ``sd.text_to_image`` with no editor, ``batch`` cases per call (2 * batch prompts,
     each pair sharing its z_T). "p2p": :func:`prompt_to_prompt` with ``p2p_kwargs`` (``edit``,
-    ``injection``), one case per call; ``blend_swap`` adds local blending of the swapped words [old, new].
+    ``injection``), one case per call; ``blend_swap`` adds local blending of the swapped words
+    [old, new], ``LocalBlend([old, new], **blend_options)``.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -238,6 +239,8 @@ def evaluate_edits(sd, cases: list[EditCase], method: str, *, blend_swap: bool =
                          f"{sorted(p2p_kwargs) + (['blend_swap'] if blend_swap else [])}")
     if "blend" in p2p_kwargs:
         raise ValueError("the blend words are each case's swapped words: pass blend_swap=True")
+    if blend_options is not None and not blend_swap:
+        raise ValueError(f"blend_options {blend_options!r} need blend_swap=True")
     _check_count("batch", batch)
     pairs = []  # (2, 3, 64, 64) per case
     if method == "baseline":
@@ -250,7 +253,7 @@ def evaluate_edits(sd, cases: list[EditCase], method: str, *, blend_swap: bool =
             pairs += list(images.unflatten(0, (len(chunk), 2)))  # b of (2, 3, 64, 64)
     else:
         for c in tqdm(cases, desc="p2p + blend" if blend_swap else "p2p", disable=not progress):
-            kwargs = dict(p2p_kwargs, blend=LocalBlend([c.old, c.new])) if blend_swap else p2p_kwargs
+            kwargs = dict(p2p_kwargs, blend=LocalBlend([c.old, c.new], **(blend_options or {}))) if blend_swap else p2p_kwargs
             result = prompt_to_prompt(sd, [c.source, c.target], guidance_scale=guidance_scale, steps=steps,
                                       seed=c.seed, progress=False, **kwargs)
             pairs.append(result.images.cpu())  # (2, 3, 64, 64)

@@ -25,7 +25,8 @@ The guidance scale defaults to 7.5, SD v1's, as in ``python -m ldm.cli.generate`
 the model folder does not say what a model samples best at. The toy model was tuned at 5
 (``toyworld.model.TOY_GUIDANCE_SCALE``): pass ``--guidance 5`` with ``weights/toy``.
 
-``--maps maps.png`` also writes the cross-attention maps of every prompt, one row of words each
+``--maps maps.png`` also writes the cross-attention maps every prompt used (a target's are the
+edited maps it was given while the injection was on), one row of words each
 (:func:`editing.attention_maps.token_heatmaps`). Bad arguments (a word that is not in the prompts,
 a word swap between prompts of different lengths, ...) stop the command before the networks are
 loaded, with exit status 2. Each figure is written to a temporary file and renamed, and the
@@ -142,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", type=Path, help="a real image to edit; the source prompt describes it")
     p.add_argument("--inversion", choices=INVERSIONS, help="how --image is inverted (default null-text)")
     p.add_argument("--out", type=Path, default=Path("p2p.png"), help="the grid to write (default p2p.png)")
-    p.add_argument("--maps", type=Path, help="also write the cross-attention maps of every prompt here")
+    p.add_argument("--maps", type=Path, help="also write the cross-attention maps each prompt used (the targets' injected ones) here")
     p.add_argument("--device", type=device_name, default="cpu", help="torch device (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
