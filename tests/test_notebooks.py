@@ -87,6 +87,21 @@ def test_write_saves_outputs_and_runs_in_the_notebook_folder(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.ipynb"]  # no temporary file left behind
 
 
+def test_out_writes_an_executed_copy_and_leaves_the_original(tmp_path, capsys):
+    path = _write_notebook(tmp_path / "ok.ipynb", "print(6 * 7)")
+    before = path.read_bytes()
+    out = tmp_path / "executed"  # created by the runner
+    assert runner.main(["--out", str(out), str(path)]) == 0
+    assert "written to" in capsys.readouterr().out
+    assert path.read_bytes() == before
+    copy = nbformat.read(out / "ok.ipynb", as_version=4)
+    assert copy.cells[0].outputs[0].text.strip() == "42"
+    with pytest.raises(SystemExit):  # in place and elsewhere at once: refused by argparse
+        runner.main(["--write", "--out", str(out), str(path)])
+    with pytest.raises(ValueError, match="give one of them"):
+        runner.execute_notebook(path, write=True, out=out)
+
+
 def test_kernel_draws_inline_even_when_the_caller_sets_agg():
     env = runner.kernel_environment({"MPLBACKEND": "Agg", "OTHER": "kept"})
     assert env["MPLBACKEND"] == runner.INLINE_BACKEND
