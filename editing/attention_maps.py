@@ -10,7 +10,7 @@ in ``locations`` (``aggregate``):
     M_bar[x, j] = mean over sites and steps of M_t[x, j]       (h, w, 77): one map per token j
 
 1. :func:`per_token_maps` / :func:`token_heatmaps`: the column of each prompt token (bos and eos left
-   out), each scaled to its own maximum, upsampled to the image and laid over it (the official
+   out), each scaled to its own maximum, enlarged to the image and laid over it (the official
    ``show_cross_attention``, Fig. 4 of the paper).
 2. :func:`self_attention_components` / :func:`self_attention_figure`: the self-attention map
    A (HW, HW) at one resolution, A[x, y] = how much pixel x draws from pixel y. Its rows are
@@ -25,7 +25,10 @@ in ``locations`` (``aggregate``):
 3. :func:`edit_grid`: the source and the edited images side by side, the prompts as titles.
 
 Each function returns a ``matplotlib.figure.Figure`` built without pyplot (no global figure list,
-nothing shown); a notebook displays it as the cell's value, a script calls ``fig.savefig``.
+nothing shown); a notebook displays it as the cell's value, a script calls ``fig.savefig``. They
+follow :mod:`ldm.figure_style`: its colour maps, its one scale rule for attention maps (each map
+from 0 to its own maximum) and its type sizes; maps are enlarged by pixel repetition, so a 4x4
+map shows its 16 cells.
 """
 from __future__ import annotations
 
@@ -35,9 +38,9 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 
+from ldm.figure_style import DPI, FONT_SIZE, MAP_CMAP, SIGNED_CMAP, TITLE_SIZE, enlarge, scaled_map
 from ldm.tokenizer import PromptTokenizer
 
 from unet.editor import check_locations, site_size
@@ -112,11 +115,11 @@ def _figure(n: int, image: torch.Tensor | None, panel_size: tuple[float, float])
     returns the figure and the ``n`` axes left to draw on. ``panel_size``: inches per panel (w, h)."""
     panels = n + (image is not None)
     fig = Figure(figsize=(panel_size[0] * min(panels, COLUMNS), panel_size[1] * math.ceil(panels / COLUMNS)),
-                 layout="constrained")
+                 layout="constrained", dpi=DPI)
     axes = _grid(fig, panels)
     if image is not None:
-        axes[0].imshow(_hwc(image))
-        axes[0].set_title("sample", fontsize=9)
+        axes[0].imshow(_hwc(image), interpolation="nearest")
+        axes[0].set_title("sample", fontsize=FONT_SIZE)
         axes = axes[1:]
     return fig, axes
 
@@ -169,23 +172,20 @@ def per_token_maps(store: AttentionStore, tokenizer: PromptTokenizer, prompt: st
 
 
 def heatmaps(maps: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """(n, h, w) maps -> (n, H, W): each divided by its own maximum, then bilinearly upsampled to
-    ``shape`` (as the official figures do), so every map spans [0, 1] whatever its total weight."""
-    if not isinstance(maps, torch.Tensor) or maps.ndim != 3:
-        got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
-        raise ValueError(f"maps must be a tensor (n, h, w), got {got}")
-    peak = maps.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)  # (n, 1, 1)
-    scaled = (maps / peak).float()  # (n, h, w), max 1
-    return F.interpolate(scaled[:, None], size=tuple(shape), mode="bilinear", align_corners=False)[:, 0]  # (n, H, W)
+    """(n, h, w) maps -> (n, H, W): each divided by its own maximum (:func:`ldm.figure_style.scaled_map`,
+    the one scale rule), then enlarged to ``shape`` by nearest neighbour, so every cell of the map
+    stays one block of equal pixels (the official figures interpolate bilinearly, which draws a
+    4x4 map as a smooth blob)."""
+    return enlarge(scaled_map(maps), shape)  # (n, H, W) in [0, 1]
 
 
 def token_heatmaps(store: AttentionStore, tokenizer: PromptTokenizer, prompt: str, prompt_index: int = 0,
                    size: float | None = None, locations: Iterable[str] = ("down", "up"),
                    image: torch.Tensor | None = None) -> Figure:
     """One panel per token of ``prompt``: its cross-attention map (:func:`per_token_maps`), scaled to
-    its own maximum and upsampled to ``image`` (3, H, W) in [0, 1], drawn over it (jet, as in
-    notebook 06) if given; 256 px on the longer side otherwise. Under each token: its mean
-    attention weight (uniform attention over the 77 positions would give 1/77 = 0.013)."""
+    its own maximum and enlarged to ``image`` (3, H, W) in [0, 1], drawn over it if given; 256 px on
+    the longer side otherwise (``ldm.figure_style.MAP_CMAP``, 0 to the map's maximum). Under each
+    token: its mean attention weight (uniform attention over the 77 positions would give 1/77 = 0.013)."""
     if image is not None:
         image = _check_images(image, "image", 3)  # (3, H, W)
     locations = check_locations(locations)
@@ -198,17 +198,17 @@ def token_heatmaps(store: AttentionStore, tokenizer: PromptTokenizer, prompt: st
         shape = (round(DISPLAY_SIDE * h / max(h, w)), round(DISPLAY_SIDE * w / max(h, w)))
     shown = heatmaps(maps, shape)  # (n, H, W) in [0, 1]
 
-    fig, axes = _figure(len(tokens), image, panel_size=(1.4, 2.4))
+    fig, axes = _figure(len(tokens), image, panel_size=(2.0, 2.6))
     for ax, token, m, up in zip(axes, tokens, maps, shown):
         if image is not None:
-            ax.imshow(_hwc(image) * 0.4 + 0.6)  # the image, faded, under the map
-            ax.imshow(up.numpy(), cmap="jet", alpha=0.6, vmin=0, vmax=1)
+            ax.imshow(_hwc(image) * 0.4 + 0.6, interpolation="nearest")  # the image, faded, under the map
+            ax.imshow(up.numpy(), cmap=MAP_CMAP, alpha=0.7, vmin=0, vmax=1, interpolation="nearest")
         else:
-            ax.imshow(up.numpy(), cmap="jet", vmin=0, vmax=1)
-        ax.set_title(f"{token}\n{m.mean():.3f}", fontsize=9)
+            ax.imshow(up.numpy(), cmap=MAP_CMAP, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"{token}\n{m.mean():.3f}", fontsize=FONT_SIZE)
     sites = len(recorded_sites(store, "cross", locations, size))
-    fig.suptitle(f"cross-attention per token at {h}x{w} ({'/'.join(locations)}, {sites} sites), averaged over heads "
-                 f"and steps, each scaled to its maximum (title: mean weight)", fontsize=10)
+    fig.suptitle(f"cross-attention per token, {h}x{w} maps ({'/'.join(locations)}, {sites} sites; mean over heads and "
+                 f"steps)\neach map from 0 to its maximum; under each token its mean weight", fontsize=TITLE_SIZE)
     return fig
 
 
@@ -266,20 +266,21 @@ def self_attention_components(store: AttentionStore, prompt_index: int = 0, size
 
 def self_attention_figure(store: AttentionStore, prompt_index: int = 0, size: float | None = None, n: int = 6,
                           locations: Iterable[str] = ("down", "up"), image: torch.Tensor | None = None) -> Figure:
-    """The components of :func:`self_attention_components`, one panel each (red > 0 > blue, at the
-    map's own resolution), titled with the singular value and its share of the squared norm; the
+    """The components of :func:`self_attention_components`, one panel each (red > 0 > blue,
+    ``ldm.figure_style.SIGNED_CMAP``, symmetric about 0, at the map's own resolution), titled with the singular value and its share of the squared norm; the
     generated ``image`` (3, H, W) in [0, 1] first, if given."""
     if image is not None:
         image = _check_images(image, "image", 3)  # (3, H, W)
     result = self_attention_components(store, prompt_index, size, n, locations)
     h, w = result.components.shape[-2:]
-    fig, axes = _figure(n, image, panel_size=(1.8, 2.2))
+    fig, axes = _figure(n, image, panel_size=(2.2, 2.6))
     for i, (ax, v) in enumerate(zip(axes, result.components)):
         vmax = float(v.abs().max())
-        ax.imshow(v.numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
-        ax.set_title(f"component {i}\ns = {result.singular_values[i]:.3g} ({result.explained[i]:.0%})", fontsize=9)
-    fig.suptitle(f"self-attention at {h}x{w}, prompt {prompt_index}: top right singular vectors of the row-centred "
-                 f"map ({'/'.join(check_locations(locations))}, {result.sites} sites)", fontsize=10)
+        ax.imshow(v.numpy(), cmap=SIGNED_CMAP, vmin=-vmax, vmax=vmax, interpolation="nearest")
+        ax.set_title(f"component {i}\ns = {result.singular_values[i]:.3g} ({result.explained[i]:.0%})",
+                     fontsize=FONT_SIZE)
+    fig.suptitle(f"self-attention at {h}x{w}, prompt {prompt_index} ({'/'.join(check_locations(locations))}, "
+                 f"{result.sites} sites)\ntop right singular vectors of the row-centred map", fontsize=TITLE_SIZE)
     return fig
 
 
@@ -301,11 +302,11 @@ def edit_grid(images: torch.Tensor, prompts: Sequence[str], title: str | None = 
     if title is not None and not isinstance(title, str):
         raise ValueError(f"title must be a str or None, got {title!r}")
     B = images.shape[0]
-    fig = Figure(figsize=(2.6 * min(B, COLUMNS), 3.1 * math.ceil(B / COLUMNS)), layout="constrained")
+    fig = Figure(figsize=(3.2 * min(B, COLUMNS), 3.8 * math.ceil(B / COLUMNS)), layout="constrained", dpi=DPI)
     for k, (ax, image, prompt) in enumerate(zip(_grid(fig, B), images, prompts)):
-        ax.imshow(_hwc(image))
+        ax.imshow(_hwc(image), interpolation="nearest")
         role = "source" if k == 0 else f"target {k}"
-        ax.set_title(role + "\n" + textwrap.fill(prompt, 28), fontsize=9)
+        ax.set_title(role + "\n" + textwrap.fill(prompt, 28), fontsize=FONT_SIZE)
     if title is not None:
-        fig.suptitle(title, fontsize=11)
+        fig.suptitle(title, fontsize=TITLE_SIZE)
     return fig

@@ -23,6 +23,7 @@ from ldm.cli.common import captioned_grid, stack_figures, wrap
 from editing.prompt_to_prompt import Injection, LocalBlend, Refinement, Reweight, WordSwap, prompt_to_prompt
 from ldm.images import load_image, to_pil
 from ldm.pipeline import StableDiffusion
+from ldm.figure_style import GAP, enlargement
 from toyworld.model import TOY_GUIDANCE_SCALE
 from toyworld.render import render
 from toyworld.world import Scene
@@ -48,11 +49,23 @@ def red_circle(tmp_path) -> Path:
     return path
 
 
+def grid_panels(grid: np.ndarray, count: int, side: int = SIDE) -> list[np.ndarray]:
+    """The ``count`` panels of a captioned grid, each read back at ``side`` pixels: the grid enlarges a
+    panel K = ceil(192 / side) times by pixel repetition (ldm.figure_style) and sets panels GAP px apart."""
+    k, shown = enlargement(side), enlargement(side) * side
+    assert grid.shape[1] == count * shown + (count + 1) * GAP and grid.shape[0] > GAP + shown  # captions beneath
+    out = []
+    for n in range(count):
+        x = GAP + n * (shown + GAP)
+        block = grid[GAP:GAP + shown, x:x + shown]  # (shown, shown, 3)
+        assert np.array_equal(block, block[::k, ::k].repeat(k, 0).repeat(k, 1))  # every pixel a k x k block
+        out.append(block[::k, ::k])
+    return out
+
+
 def panels(path: Path, count: int) -> list[np.ndarray]:
-    """The ``count`` image panels of a written grid: the top SIDE rows, SIDE columns each."""
-    grid = np.asarray(Image.open(path).convert("RGB"))
-    assert grid.shape[1] == count * SIDE and grid.shape[0] > SIDE  # panels side by side, captions beneath
-    return [grid[:SIDE, k * SIDE:(k + 1) * SIDE] for k in range(count)]
+    """The ``count`` image panels of a written grid, at the model's SIDE pixels."""
+    return grid_panels(np.asarray(Image.open(path).convert("RGB")), count)
 
 
 def pixels(images: torch.Tensor) -> list[np.ndarray]:
@@ -141,11 +154,12 @@ def test_captioned_grid_keeps_the_panels_and_wraps_the_captions():
     images = [Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)) for _ in range(3)]
     captions = ["a big red circle on a white background", "x", "a small yellow triangle at the top left"]
     grid = captioned_grid(images, captions)
-    assert grid.width == 3 * SIDE and grid.height > SIDE
-    for k, image in enumerate(images):
-        assert np.array_equal(np.asarray(grid)[:SIDE, k * SIDE:(k + 1) * SIDE], np.asarray(image))
-    band = np.asarray(grid)[SIDE:]
-    assert (band < 128).any() and (band[:, SIDE:2 * SIDE] < 128).any()  # text drawn, under the short caption too
+    assert enlargement(SIDE) == 3 and grid.width == 3 * 192 + 4 * GAP  # 64 px panels shown at 192 px
+    for shown, image in zip(grid_panels(np.asarray(grid), 3), images):
+        assert np.array_equal(shown, np.asarray(image))  # enlarged by repetition only: every pixel kept
+    band = np.asarray(grid)[GAP + 192:]
+    middle = slice(GAP + 192 + GAP, 2 * (192 + GAP))
+    assert (band < 128).any() and (band[:, middle] < 128).any()  # text drawn, under the short caption too
     from PIL import ImageFont
 
     font = ImageFont.load_default(size=9)

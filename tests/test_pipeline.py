@@ -30,6 +30,7 @@ from ldm.pipeline import StableDiffusion
 from ldm.tokenizer import WordTokenizer
 from ldm.vae import AutoencoderKL
 from ldm.vae_config import VAEConfig
+from ldm.figure_style import GAP
 from tests.test_tokenizer import clip_bpe_path
 from unet.config import UNetConfig
 from unet.editor import Editor, RecordingEditor
@@ -391,7 +392,8 @@ def test_cli_writes_the_pipelines_image(word_folder, tmp_path, capsys):
 
     grid = tmp_path / "grid.png"
     assert main([*args, "--prompt", "a small blue square", "--negative", "green", "--out", str(grid)]) == 0
-    assert Image.open(grid).size == (64, 32)  # two 32 x 32 images side by side
+    # two 32 x 32 images side by side, each enlarged 6x to 192 px, GAP px apart, captions beneath
+    assert Image.open(grid).width == 2 * 192 + 3 * GAP and Image.open(grid).height > GAP + 192
     assert "grid of 2 images" in capsys.readouterr().out
     assert not [p for p in tmp_path.rglob(".*")]  # no temporary file left behind
 

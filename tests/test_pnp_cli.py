@@ -21,6 +21,7 @@ from editing.plug_and_play import DEFAULT_NEGATIVE, invert_guidance_image, plug_
 from ldm.cli.pnp import DEFAULT_STRENGTHS, main
 from ldm.images import load_image, to_pil
 from ldm.pipeline import StableDiffusion
+from ldm.figure_style import GAP
 from toyworld.model import TOY_GUIDANCE_SCALE
 from toyworld.render import render
 from toyworld.world import Scene
@@ -101,7 +102,8 @@ def test_cli_figure_default_strengths(red_circle, tmp_path, capsys):
     assert main([*COMMON, "--image", str(red_circle), "--prompt", PROMPT, "--out", str(tmp_path / "t.png"),
                  "--figure", str(figure)]) == 0
     assert f"{[f'SDEdit {s:g}' for s in DEFAULT_STRENGTHS]}"[1:-1] in capsys.readouterr().out
-    assert Image.open(figure).width == (2 + len(DEFAULT_STRENGTHS)) * SIDE
+    n = 2 + len(DEFAULT_STRENGTHS)  # panels of 64 px shown at 192 px, GAP px apart
+    assert Image.open(figure).width == n * 192 + (n + 1) * GAP
 
 
 def test_cli_grey_rgba_and_odd_sized_images(sd, tmp_path):

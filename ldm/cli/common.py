@@ -147,27 +147,35 @@ def wrap(text: str, font: ImageFont.ImageFont, width: float) -> list[str]:
 
 
 def captioned_grid(images: list[Image.Image], captions: list[str]) -> Image.Image:
-    """One row of same-sized panels, each with its caption wrapped beneath it.
+    """One row of same-sized panels, each with its caption wrapped beneath it, for a projector.
 
-    The panels sit at (k W, 0) exactly as they came (no resampling); the captions take a white band
-    under them, its height the longest caption's. The font scales with the panel: 9 px at 64 px.
+    Small panels are enlarged by pixel repetition (nearest neighbour, ``ldm.figure_style``) to at
+    least ``PANEL_PIXELS`` on a side, so a 64 px sample shows its pixels at 192 px; panels are
+    ``GAP`` px apart on white, and the captions take a band under them, its height the longest
+    caption's, in a font of 1/12 of the panel (16 px at 192 px).
     """
+    from ldm.figure_style import GAP, enlargement
+
     if len(images) != len(captions) or not images:
         raise ValueError(f"expected one caption per image, got {len(images)} images and {len(captions)} captions")
     sizes = {im.size for im in images}
     if len(sizes) != 1:
         raise ValueError(f"expected images of one size, got {sorted(sizes)}")
-    (w, h), margin = images[0].size, max(2, images[0].width // 32)
-    font = ImageFont.load_default(size=max(9, w // 20))
+    k = enlargement(min(images[0].size))
+    images = [im.convert("RGB").resize((im.width * k, im.height * k), Image.NEAREST) for im in images]
+    (w, h), margin = images[0].size, max(4, images[0].width // 32)
+    font = ImageFont.load_default(size=max(12, w // 12))
     ascent, descent = font.getmetrics()
     lines = [wrap(c, font, w - 2 * margin) for c in captions]
     band = max(map(len, lines)) * (ascent + descent) + 2 * margin
-    grid = Image.new("RGB", (len(images) * w, h + band), "white")
+    grid = Image.new("RGB", (len(images) * w + (len(images) + 1) * GAP, GAP + h + band), "white")
     draw = ImageDraw.Draw(grid)
-    for k, (image, text) in enumerate(zip(images, lines)):
-        grid.paste(image.convert("RGB"), (k * w, 0))
-        for n, line in enumerate(text):
-            draw.text((k * w + w / 2, h + margin + n * (ascent + descent)), line, fill="black", font=font, anchor="ma")
+    for n, (image, text) in enumerate(zip(images, lines)):
+        x = GAP + n * (w + GAP)
+        grid.paste(image, (x, GAP))
+        for row, line in enumerate(text):
+            draw.text((x + w / 2, GAP + h + margin + row * (ascent + descent)), line, fill="black", font=font,
+                      anchor="ma")
     return grid
 
 

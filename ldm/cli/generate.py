@@ -3,7 +3,7 @@
     python -m ldm.cli.generate --weights weights/sd-v1-5 --prompt "a photo of a cat" --seed 0 --out cat.png
 
 Several ``--prompt`` make one batch (the same seed draws one noise tensor for all of them, as the
-pipeline does) and one image at ``--out``: a grid with the prompts left to right, in the order
+pipeline does) and one image at ``--out``: the images left to right, each captioned with its prompt, in the order
 given. ``--negative`` is given once (for every prompt) or once per prompt. The image is written to
 a temporary file and renamed, so an interrupted run never leaves half a PNG; the command prints
 where it wrote.
@@ -15,11 +15,10 @@ import json
 import sys
 from pathlib import Path
 
-from ldm.images import image_grid
 from ldm.pipeline import SAMPLERS
 
-from .common import (device_name, finite_float, image_side, non_negative_float, output_problem, positive_int,
-                     save_atomically, seed_value)
+from .common import (captioned_grid, device_name, finite_float, image_side, non_negative_float, output_problem,
+                     positive_int, save_atomically, seed_value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     images = result.to_pil()
     try:
-        save_atomically(images[0] if len(images) == 1 else image_grid(images), args.out)
+        save_atomically(images[0] if len(images) == 1 else captioned_grid(images, list(args.prompt)), args.out)
     except OSError as e:  # a full disk, a permission that changed while sampling
         print(f"error: could not write {args.out}: {e}", file=sys.stderr)
         return 2
