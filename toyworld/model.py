@@ -110,6 +110,9 @@ RECIPES = {
                             toy_text_config(SCENE_VOCABULARY), SCENE_VOCABULARY),
     "toy2-frozen": ToyRecipe("toy2-frozen", "scenes", "frozen", SCENE_VAE, _scene_unet(),
                              toy_text_config(SCENE_VOCABULARY), SCENE_VOCABULARY),
+    # The study's width arm: every level 1.5x as wide (48/96/144 channels), about 2x the parameters.
+    "toy2-frozen-wide": ToyRecipe("toy2-frozen-wide", "scenes", "frozen", SCENE_VAE, _scene_unet(widths=(48, 96, 144)),
+                                  toy_text_config(SCENE_VOCABULARY), SCENE_VOCABULARY),
     # The study's attention arm: cross- and self-attention at 16x16 too (one latent pixel is 4 image
     # pixels there, so a word's map can follow an object's outline); about 2.2x the cost of a step.
     "toy2-frozen-a16": ToyRecipe("toy2-frozen-a16", "scenes", "frozen", SCENE_VAE,

@@ -73,6 +73,8 @@ def table(columns: dict[str, tuple[dict, Path | None]]) -> str:
         return " / ".join(f"{record['swaps'][f'{key}, {m}'][field]:.2f}" for m in SWAP_METHODS)
 
     def maps(record: dict, size: str) -> str:
+        if size not in record["attention"]:
+            return "(not measured)"  # the diagnosis measures the finest size with attention and 1/4
         a = record["attention"][size]
         return f"{a['concentration']:.2f} / {a['own_over_other']:.0%} / {a['iou']:.2f}"
 
@@ -81,6 +83,8 @@ def table(columns: dict[str, tuple[dict, Path | None]]) -> str:
         "final diffusion loss (mean of 10 steps)": lambda r, log: f"{final_loss(log):.4f}" if log else "",
         "generation, every attribute right: 1 / 2 / 3 objects":
             lambda r, log: " / ".join(f"{r['generation'][k]:.0%}" for k in ("1", "2", "3")),
+        "word maps at 16x16 (the latent's side): concentration / own > other / IoU":
+            lambda r, log: maps(r, "1.0") if "1.0" in r["attention"] else "(no attention at 16x16)",
         "word maps at 8x8 (1/2 of the latent): concentration / own > other / IoU": lambda r, log: maps(r, "0.5"),
         "word maps at 4x4 (1/4): concentration / own > other / IoU": lambda r, log: maps(r, "0.25"),
         "attention mass at 4x4: bos / words / eos / padding": lambda r, log: " / ".join(
@@ -102,7 +106,7 @@ def table(columns: dict[str, tuple[dict, Path | None]]) -> str:
 
 
 RECORDS = Path(__file__).with_name("study")
-STUDY_RECORDS = ("toy2-joint-3000", "toy2-frozen-3000", "toy2-frozen-6000")  # the table's columns, in order
+STUDY_RECORDS = ("toy2-joint-3000", "toy2-frozen-3000", "toy2-frozen-a16-3000", "toy2-frozen-wide-3000", "toy2-frozen-6000")  # the table's columns, in order
 
 
 def study_columns(names: tuple[str, ...] = STUDY_RECORDS) -> dict[str, tuple[dict, Path | None]]:
