@@ -115,7 +115,8 @@ def null_text_table() -> None:
     official_lr = 1e-2 * (1 - i / 100)
     ours_stop = EARLY_STOP + EARLY_STOP_GROWTH * i / steps
     official_stop = 1e-5 + 2e-5 * i
-    print(f"\n5. null-text schedules at {steps} steps: max |lr - official| = {np.abs(ours_lr - official_lr).max():.1e}, "
+    print(f"\n5. null-text schedules at {steps} steps: "
+          f"max |lr - official| = {np.abs(ours_lr - official_lr).max():.1e}, "
           f"max |bound - official| = {np.abs(ours_stop - official_stop).max():.1e} "
           f"(lr 0.01 -> {ours_lr[-1]:.4f}, bound 1e-5 -> {ours_stop[-1]:.2e})")
 
@@ -177,7 +178,8 @@ def word_swap_table(sd, args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Measure the departures from the official implementations (docs/departures.md).")
+    p = argparse.ArgumentParser(
+        description="Measure the departures from the official implementations (docs/departures.md).")
     p.add_argument("--weights", type=Path, default=Path("weights/toy"))
     p.add_argument("-n", type=int, default=30, help="cases per row")
     p.add_argument("--seed", type=int, default=0)

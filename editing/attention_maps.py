@@ -267,8 +267,9 @@ def self_attention_components(store: AttentionStore, prompt_index: int = 0, size
 def self_attention_figure(store: AttentionStore, prompt_index: int = 0, size: float | None = None, n: int = 6,
                           locations: Iterable[str] = ("down", "up"), image: torch.Tensor | None = None) -> Figure:
     """The components of :func:`self_attention_components`, one panel each (red > 0 > blue,
-    ``ldm.figure_style.SIGNED_CMAP``, symmetric about 0, at the map's own resolution), titled with the singular value and its share of the squared norm; the
-    generated ``image`` (3, H, W) in [0, 1] first, if given."""
+    ``ldm.figure_style.SIGNED_CMAP``, symmetric about 0, at the map's own resolution), titled with
+    the singular value and its share of the squared norm; the generated ``image`` (3, H, W) in
+    [0, 1] first, if given."""
     if image is not None:
         image = _check_images(image, "image", 3)  # (3, H, W)
     result = self_attention_components(store, prompt_index, size, n, locations)

@@ -253,7 +253,9 @@ def evaluate_edits(sd, cases: list[EditCase], method: str, *, blend_swap: bool =
             pairs += list(images.unflatten(0, (len(chunk), 2)))  # b of (2, 3, 64, 64)
     else:
         for c in tqdm(cases, desc="p2p + blend" if blend_swap else "p2p", disable=not progress):
-            kwargs = dict(p2p_kwargs, blend=LocalBlend([c.old, c.new], **(blend_options or {}))) if blend_swap else p2p_kwargs
+            kwargs = p2p_kwargs
+            if blend_swap:
+                kwargs = dict(p2p_kwargs, blend=LocalBlend([c.old, c.new], **(blend_options or {})))
             result = prompt_to_prompt(sd, [c.source, c.target], guidance_scale=guidance_scale, steps=steps,
                                       seed=c.seed, progress=False, **kwargs)
             pairs.append(result.images.cpu())  # (2, 3, 64, 64)

@@ -106,7 +106,8 @@ def table(columns: dict[str, tuple[dict, Path | None]]) -> str:
 
 
 RECORDS = Path(__file__).with_name("study")
-STUDY_RECORDS = ("toy2-joint-3000", "toy2-frozen-3000", "toy2-frozen-a16-3000", "toy2-frozen-wide-3000", "toy2-frozen-6000")  # the table's columns, in order
+STUDY_RECORDS = ("toy2-joint-3000", "toy2-frozen-3000", "toy2-frozen-a16-3000", "toy2-frozen-wide-3000",
+                 "toy2-frozen-6000")  # the table's columns, in order
 
 
 def study_columns(names: tuple[str, ...] = STUDY_RECORDS) -> dict[str, tuple[dict, Path | None]]:

@@ -18,6 +18,7 @@ from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ldm.figure_style import GAP, enlargement
 from weights.atomic import write_with
 
 
@@ -154,8 +155,6 @@ def captioned_grid(images: list[Image.Image], captions: list[str]) -> Image.Imag
     ``GAP`` px apart on white, and the captions take a band under them, its height the longest
     caption's, in a font of 1/12 of the panel (16 px at 192 px).
     """
-    from ldm.figure_style import GAP, enlargement
-
     if len(images) != len(captions) or not images:
         raise ValueError(f"expected one caption per image, got {len(images)} images and {len(captions)} captions")
     sizes = {im.size for im in images}

@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", type=Path, help="a real image to edit; the source prompt describes it")
     p.add_argument("--inversion", choices=INVERSIONS, help="how --image is inverted (default null-text)")
     p.add_argument("--out", type=Path, default=Path("p2p.png"), help="the grid to write (default p2p.png)")
-    p.add_argument("--maps", type=Path, help="also write the cross-attention maps each prompt used (the targets' injected ones) here")
+    p.add_argument("--maps", type=Path,
+                   help="also write the cross-attention maps each prompt used (the targets' injected ones) here")
     p.add_argument("--device", type=device_name, default="cpu", help="torch device (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
